@@ -1,0 +1,1 @@
+from .sentence_nll import SentenceNllCriterion, sentence_nll  # noqa: F401

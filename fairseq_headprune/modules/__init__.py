@@ -1,0 +1,1 @@
+from .head_attention import HeadMaskedMultiheadAttention, prune_linear  # noqa: F401

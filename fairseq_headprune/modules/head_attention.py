@@ -1,0 +1,403 @@
+"""fairseq's MultiheadAttention with per-head masks, importance gates and removal.
+
+The paper's head mask ξ_h multiplies head h's context vector before ``out_proj``
+(MHA(x) = Σ_h ξ_h · Att_h(x); the shared ``out_proj.bias`` stays). Here:
+
+* ``head_mask`` (one float per *original* head, 1 = on) is that ξ. With no mask, no
+  gate and no head removed, ``forward`` is fairseq's own, fast path included, so an
+  untouched model computes exactly what stock fairseq computes.
+* ``gate_heads`` makes the next forward multiply each head's context by a tensor of
+  ones of shape [tgt_len, bsz, heads] that requires grad: one backward pass then gives
+  ∂L/∂ξ per query position, sentence and head (see analysis/importance.py).
+* ``remove_heads`` deletes the heads' rows of q/k/v (weights and biases) and columns of
+  ``out_proj``. Any number of heads may be removed, all of them included (the module
+  then outputs its ``out_proj`` bias). ``head_index`` (a buffer that exists only once
+  heads were removed) lists the original heads that remain, so a saved state dict says
+  which heads it holds, and ``upgrade_state_dict_named`` can slice a full checkpoint
+  down to a pruned module, or shrink a module to fit a pruned checkpoint.
+
+``embed_dim`` keeps meaning the model dimension (input and output); the projected
+dimension is ``num_heads * head_dim``.
+"""
+
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fairseq import utils
+from fairseq.modules.multihead_attention import MultiheadAttention
+
+from ..errors import HeadPruneError
+
+
+def prune_linear(layer: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
+    """A copy of ``layer`` keeping only ``index`` along ``dim`` of its weight
+    (0: output rows, with their bias; 1: input columns). Zero-size results are fine."""
+    index = index.to(layer.weight.device)
+    weight = layer.weight.index_select(dim, index).detach().clone()
+    bias = layer.bias
+    if bias is not None and dim == 0:
+        bias = bias.index_select(0, index)
+    new = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
+    new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+    new.weight.requires_grad = layer.weight.requires_grad
+    if bias is not None:
+        new.bias.requires_grad = layer.bias.requires_grad
+    return new
+
+
+class HeadMaskedMultiheadAttention(MultiheadAttention):
+    """See the module docstring. Build with ``convert`` from a stock module."""
+
+    head_kind: str = "?"
+    head_layer: int = 0
+
+    @classmethod
+    def convert(
+        cls, module: MultiheadAttention, kind: str = "?", layer: int = 0
+    ) -> "HeadMaskedMultiheadAttention":
+        """Turn a stock fairseq MultiheadAttention into this class, in place."""
+        if not isinstance(module, cls):
+            if type(module) is not MultiheadAttention:
+                raise HeadPruneError(
+                    f"cannot add head masks to {type(module).__name__} "
+                    f"(only fairseq.modules.MultiheadAttention is supported)"
+                )
+            if module.use_xformers:
+                raise HeadPruneError(
+                    "head masks do not support --use-xformers attention "
+                    "(allowed: fairseq's default attention)"
+                )
+            module.__class__ = cls
+            module._init_head_state()
+        module.head_kind, module.head_layer = kind, layer
+        return module
+
+    def _init_head_state(self):
+        self.orig_num_heads = self.num_heads
+        self.kept_heads: List[int] = list(range(self.num_heads))  # original, 0-based
+        self.register_buffer("head_mask", None, persistent=False)
+        self.gate_heads = False
+        self.last_gate: Optional[Tensor] = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def name(self) -> str:
+        return f"{self.head_kind}:{self.head_layer}"
+
+    @property
+    def is_pruned(self) -> bool:
+        return self.num_heads != self.orig_num_heads
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    def set_head_mask(self, mask: Optional[Tensor]):
+        """``mask``: one value per original head (1 keeps, 0 masks), or None."""
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=self.out_proj.weight.dtype)
+            if mask.shape != (self.orig_num_heads,):
+                raise HeadPruneError(
+                    f"{self.name}: head mask has shape {tuple(mask.shape)}, "
+                    f"expected ({self.orig_num_heads},)"
+                )
+            mask = mask.to(self.out_proj.weight.device)
+        self.head_mask = mask
+
+    def _current_mask(self) -> Optional[Tensor]:
+        if self.head_mask is None:
+            return None
+        if not self.is_pruned:
+            return self.head_mask
+        return self.head_mask[self.kept_heads]
+
+    # ---------------------------------------------------------------- removal
+    def _head_rows(self, positions: List[int]) -> Tensor:
+        d = self.head_dim
+        return torch.tensor(
+            [p * d + i for p in positions for i in range(d)], dtype=torch.long
+        )
+
+    def remove_heads(self, heads: Iterable[int]):
+        """Remove original heads (0-based); heads already gone are ignored."""
+        remove = set(heads) & set(self.kept_heads)
+        if not remove:
+            return
+        positions = [i for i, h in enumerate(self.kept_heads) if h not in remove]
+        rows = self._head_rows(positions)
+        self.q_proj = prune_linear(self.q_proj, rows, 0)
+        self.k_proj = prune_linear(self.k_proj, rows, 0)
+        self.v_proj = prune_linear(self.v_proj, rows, 0)
+        self.out_proj = prune_linear(self.out_proj, rows, 1)
+        for name in ("bias_k", "bias_v"):
+            p = getattr(self, name)
+            if p is not None:
+                setattr(self, name, nn.Parameter(p.data[..., rows.to(p.device)].clone()))
+        self.kept_heads = [self.kept_heads[i] for i in positions]
+        self.num_heads = len(self.kept_heads)
+        index = torch.tensor(self.kept_heads, dtype=torch.long,
+                             device=self.out_proj.weight.device)
+        if "head_index" in self._buffers:
+            self.head_index = index
+        else:
+            self.register_buffer("head_index", index)
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Fit a state dict with any subset of this module's original heads."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = name + "." if name else ""
+        if prefix + "q_proj.weight" not in state_dict:
+            return
+        if prefix + "head_index" in state_dict:
+            incoming = [int(h) for h in state_dict[prefix + "head_index"].tolist()]
+        else:
+            incoming = list(range(self.orig_num_heads))
+        rows_in = state_dict[prefix + "q_proj.weight"].size(0)
+        if rows_in != len(incoming) * self.head_dim or any(
+            h >= self.orig_num_heads for h in incoming
+        ):
+            raise HeadPruneError(
+                f"checkpoint does not fit {self.name} ({prefix[:-1]}): it holds "
+                f"{rows_in // max(self.head_dim, 1)} heads of size {self.head_dim} "
+                f"(head_index {incoming}), the model has {self.orig_num_heads} heads"
+            )
+        target = [h for h in self.kept_heads if h in set(incoming)]
+        # Adopt the checkpoint's removals (fine-tuning a pruned model).
+        self.remove_heads(set(self.kept_heads) - set(target))
+        if incoming != target:
+            rows = self._head_rows([incoming.index(h) for h in target])
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                for p in ("weight", "bias"):
+                    k = f"{prefix}{proj}.{p}"
+                    if k in state_dict:
+                        state_dict[k] = state_dict[k].index_select(0, rows)
+            k = prefix + "out_proj.weight"
+            state_dict[k] = state_dict[k].index_select(1, rows)
+            for b in ("bias_k", "bias_v"):
+                if prefix + b in state_dict:
+                    state_dict[prefix + b] = state_dict[prefix + b][..., rows]
+        if self.is_pruned:
+            state_dict[prefix + "head_index"] = torch.tensor(target, dtype=torch.long)
+        else:
+            state_dict.pop(prefix + "head_index", None)
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.head_mask is None and not self.gate_heads and not self.is_pruned:
+            return super().forward(
+                query, key, value, key_padding_mask, incremental_state,
+                need_weights, static_kv, attn_mask, before_softmax, need_head_weights,
+            )
+        if need_head_weights:
+            need_weights = True
+        if self.num_heads == 0:
+            return self._forward_no_heads(query, key, need_weights, need_head_weights)
+        if incremental_state is None and not need_weights and not before_softmax:
+            ctx = self._context_sdpa(query, key, value, key_padding_mask, static_kv,
+                                     attn_mask)
+            weights = None
+        else:
+            ctx, weights = self._context_python(
+                query, key, value, key_padding_mask, incremental_state, static_kv,
+                attn_mask, before_softmax,
+            )
+            if before_softmax:
+                return ctx, weights
+        out = self.out_proj(self._scale_heads(ctx))
+        if need_weights:
+            tgt_len, bsz = query.shape[:2]
+            weights = weights.view(bsz, self.num_heads, tgt_len, -1).transpose(1, 0)
+            if not need_head_weights:
+                weights = weights.mean(dim=0)
+        return out, weights
+
+    def _scale_heads(self, ctx: Tensor) -> Tensor:
+        """ctx [T, B, heads*d] -> each head's slice times its mask and gate."""
+        mask = self._current_mask()
+        if mask is None and not self.gate_heads:
+            return ctx
+        T, B, _ = ctx.shape
+        ctx = ctx.view(T, B, self.num_heads, self.head_dim)
+        if mask is not None:
+            ctx = ctx * mask.to(ctx.dtype).view(1, 1, -1, 1)
+        if self.gate_heads:
+            gate = ctx.new_ones(T, B, self.num_heads, requires_grad=True)
+            self.last_gate = gate
+            ctx = ctx * gate.unsqueeze(-1)
+        return ctx.reshape(T, B, self.inner_dim)
+
+    def _forward_no_heads(self, query, key, need_weights, need_head_weights):
+        tgt_len, bsz, _ = query.shape
+        out = query.new_zeros(tgt_len, bsz, self.out_proj.out_features)
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias
+        if self.gate_heads:
+            self.last_gate = query.new_ones(tgt_len, bsz, 0, requires_grad=True)
+        weights = None
+        if need_weights:
+            src_len = key.size(0) if key is not None else tgt_len
+            shape = (0, bsz, tgt_len, src_len) if need_head_weights else (bsz, tgt_len, src_len)
+            weights = query.new_zeros(shape)
+        return out, weights
+
+    def _project(self, query, key, value):
+        if self.self_attention:
+            return self.q_proj(query), self.k_proj(query), self.v_proj(query)
+        if self.encoder_decoder_attention:
+            return self.q_proj(query), self.k_proj(key), self.v_proj(key)
+        return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+
+    def _context_sdpa(self, query, key, value, key_padding_mask, static_kv, attn_mask):
+        """Non-incremental attention through torch's fused kernel; ctx [T, B, inner]."""
+        tgt_len, bsz, _ = query.shape
+        q, k, v = self._project(query, key, value)
+        if self.bias_k is not None:
+            k, v, key_padding_mask, attn_mask = self._add_bias(
+                k, v, key_padding_mask, attn_mask, bsz
+            )
+        H, d = self.num_heads, self.head_dim
+
+        def heads(x):  # [S, B, H*d] -> [B, H, S, d]
+            return x.contiguous().view(x.size(0), bsz, H, d).permute(1, 2, 0, 3)
+
+        q, k, v = heads(q), heads(k), heads(v)
+        if self.add_zero_attn:
+            k, v, key_padding_mask, attn_mask = self._append_zero_attn(
+                k, v, key_padding_mask, attn_mask
+            )
+        src_len = k.size(2)
+        mask = None
+        if attn_mask is not None:
+            mask = attn_mask.to(q.dtype) if attn_mask.dtype != torch.bool else (
+                torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+            )
+            mask = mask.view(1, 1, tgt_len, src_len)
+        if key_padding_mask is not None:
+            pad = q.new_zeros(bsz, 1, 1, src_len).masked_fill(
+                key_padding_mask.to(torch.bool).view(bsz, 1, 1, src_len), float("-inf")
+            )
+            mask = pad if mask is None else mask + pad
+        p = self.dropout_module.p if (
+            self.training or self.dropout_module.apply_during_inference
+        ) else 0.0
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, scale=self.scaling
+        )  # [B, H, T, d]
+        return ctx.permute(2, 0, 1, 3).reshape(tgt_len, bsz, H * d)
+
+    def _context_python(self, query, key, value, key_padding_mask, incremental_state,
+                        static_kv, attn_mask, before_softmax):
+        """fairseq's own attention arithmetic for any head count; ctx [T, B, inner]
+        and softmaxed weights [B*heads, T, S] (or raw scores and v if before_softmax)."""
+        tgt_len, bsz, _ = query.size()
+        H, d = self.num_heads, self.head_dim
+        saved_state = None
+        if incremental_state is not None:
+            saved_state = self._get_input_buffer(incremental_state)
+            if saved_state is not None and "prev_key" in saved_state and static_kv:
+                key = value = None
+        q = self.q_proj(query)
+        k = v = None
+        if self.self_attention:
+            k, v = self.k_proj(query), self.v_proj(query)
+        elif self.encoder_decoder_attention:
+            if key is not None:
+                if self.beam_size > 1 and bsz == key.size(1):
+                    key = key.view(key.size(0), -1, self.beam_size, key.size(2))[:, :, 0, :]
+                    if key_padding_mask is not None:
+                        key_padding_mask = key_padding_mask.view(
+                            -1, self.beam_size, key_padding_mask.size(1)
+                        )[:, 0, :]
+                k, v = self.k_proj(key), self.v_proj(key)
+        else:
+            k, v = self.k_proj(key), self.v_proj(value)
+        q = q * self.scaling
+        if self.bias_k is not None:
+            k, v, attn_mask, key_padding_mask = self._add_bias(
+                k, v, attn_mask, key_padding_mask, bsz
+            )
+        q = q.contiguous().view(tgt_len, bsz * H, d).transpose(0, 1)
+        kv_bsz = bsz
+        if k is not None:
+            kv_bsz = k.size(1)
+            k = k.contiguous().view(-1, kv_bsz * H, d).transpose(0, 1)
+            v = v.contiguous().view(-1, kv_bsz * H, d).transpose(0, 1)
+        if saved_state is not None:
+            if "prev_key" in saved_state:
+                kv_bsz = saved_state["prev_key"].size(0)
+                prev_key = saved_state["prev_key"].view(kv_bsz * H, -1, d)
+                prev_value = saved_state["prev_value"].view(kv_bsz * H, -1, d)
+                if static_kv:
+                    k, v = prev_key, prev_value
+                else:
+                    k = torch.cat([prev_key, k], dim=1)
+                    v = torch.cat([prev_value, v], dim=1)
+            key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
+                key_padding_mask=key_padding_mask,
+                prev_key_padding_mask=saved_state.get("prev_key_padding_mask"),
+                batch_size=kv_bsz,
+                src_len=k.size(1),
+                static_kv=static_kv,
+            )
+            saved_state["prev_key"] = k.view(kv_bsz, H, -1, d)
+            saved_state["prev_value"] = v.view(kv_bsz, H, -1, d)
+            saved_state["prev_key_padding_mask"] = key_padding_mask
+            incremental_state = self._set_input_buffer(incremental_state, saved_state)
+        src_len = k.size(1)
+        if key_padding_mask is not None and key_padding_mask.dim() == 0:
+            key_padding_mask = None
+        if self.add_zero_attn:
+            src_len += 1
+            k, v, key_padding_mask, attn_mask = self._append_zero_attn(
+                k=k, v=v, key_padding_mask=key_padding_mask, attn_mask=attn_mask
+            )
+        if self.encoder_decoder_attention and bsz != kv_bsz:
+            attn_weights = torch.einsum(
+                "bxhtd,bhsd->bxhts",
+                q.view((kv_bsz, -1, H) + q.size()[1:]),
+                k.view((kv_bsz, H) + k.size()[1:]),
+            ).reshape(-1, tgt_len, src_len)
+        else:
+            attn_weights = torch.bmm(q, k.transpose(1, 2))
+        if attn_mask is not None:
+            attn_weights += attn_mask.unsqueeze(0)
+        if key_padding_mask is not None:
+            attn_weights = attn_weights.view(kv_bsz, -1, H, tgt_len, src_len)
+            attn_weights = attn_weights.masked_fill(
+                key_padding_mask.unsqueeze(1).unsqueeze(2).unsqueeze(3).to(torch.bool),
+                float("-inf"),
+            )
+            attn_weights = attn_weights.view(bsz * H, tgt_len, src_len)
+        if before_softmax:
+            return attn_weights, v
+        weights_float = utils.softmax(attn_weights, dim=-1)
+        probs = self.dropout_module(weights_float.type_as(attn_weights))
+        if self.encoder_decoder_attention and bsz != kv_bsz:
+            ctx = torch.einsum(
+                "bxhts,bhsd->bxhtd",
+                probs.view((kv_bsz, -1, H) + probs.size()[1:]),
+                v.view((kv_bsz, H) + v.size()[1:]),
+            ).reshape(-1, tgt_len, d)
+        else:
+            ctx = torch.bmm(probs, v)
+        ctx = ctx.transpose(0, 1).contiguous().view(tgt_len, bsz, H * d)
+        return ctx, weights_float

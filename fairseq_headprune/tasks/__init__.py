@@ -1,0 +1,1 @@
+from .translation_headprune import TranslationHeadPruneTask  # noqa: F401
