@@ -1,0 +1,83 @@
+"""Shared fixtures: a small real Multi30k de->en data set (sacremoses + subword-nmt +
+fairseq-preprocess, through data-prep/prepare-multi30k.sh) and a small model trained
+on it by the real fairseq-train. Both are built once per session; set
+HEADPRUNE_TEST_CACHE=DIR to keep them between sessions while developing."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("HEADPRUNE_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# A tiny but real model: 2+2 layers, 4 heads, d=64.
+TINY_ARCH = [
+    "--arch", "transformer_iwslt_de_en",
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+    "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+]
+TRAIN_FLAGS = [
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "2e-3",
+    "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
+    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+    "--dropout", "0.1", "--max-tokens", "3000", "--cpu", "--seed", "1",
+    "--no-progress-bar", "--log-interval", "100", "--no-epoch-checkpoints",
+    "--num-workers", "0",
+]
+
+
+def run(cmd, **kw):
+    """Run a real command-line tool; fail the test with its output if it fails."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=kw.pop("cwd", ROOT), **kw)
+    if p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def _cache_dir(tmp_path_factory, name):
+    base = os.environ.get("HEADPRUNE_TEST_CACHE")
+    if base:
+        path = os.path.join(base, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+    return str(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """fairseq-binarized Multi30k de-en: 6000 training pairs, 120-pair valid/test sets,
+    test3 = IWSLT14 test (out of domain)."""
+    out = os.path.join(_cache_dir(tmp_path_factory, "data"), "m30k")
+    if not os.path.isdir(os.path.join(out, "bin")):
+        if not os.path.isdir(os.path.join(SHARED, "multi30k")):
+            pytest.skip(f"shared data not found at {SHARED}")
+        run(["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", out,
+             "--max-train", "6000", "--max-test", "120", "--bpe-merges", "2000",
+             "--ood", os.path.join(SHARED, "iwslt14-test")])
+    return os.path.join(out, "bin")
+
+
+def train(data, save_dir, extra=(), task="translation", updates=600, user_dir=True):
+    cmd = ["fairseq-train", data, "--save-dir", save_dir, "--task", task,
+           "--max-update", str(updates), *TINY_ARCH, *TRAIN_FLAGS, *extra]
+    if user_dir:
+        cmd += ["--user-dir", os.path.join(ROOT, "fairseq_headprune")]
+    return run(cmd)
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(data_dir, tmp_path_factory):
+    """A tiny model trained by stock fairseq (task 'translation', no user dir)."""
+    save = os.path.join(_cache_dir(tmp_path_factory, "ckpt"), "stock")
+    ckpt = os.path.join(save, "checkpoint_last.pt")
+    if not os.path.exists(ckpt):
+        shutil.rmtree(save, ignore_errors=True)
+        train(data_dir, save, updates=900, user_dir=False)
+    return ckpt
