@@ -17,5 +17,8 @@ from . import errors  # noqa: E402
 errors.install_excepthook()
 
 from . import criterions, models, modules, tasks  # noqa: E402,F401
+from . import compat  # noqa: E402
+
+compat.patch_task_override()
 from .errors import HeadPruneError  # noqa: E402,F401
 from .heads import HeadSet, HeadSpec  # noqa: E402,F401
