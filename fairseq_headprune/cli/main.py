@@ -1,0 +1,50 @@
+"""``fairseq-headprune SUBCOMMAND ...``: the paper's experiments as commands."""
+
+import importlib
+import os
+import sys
+
+SUBCOMMANDS = {
+    "importance": ("importance", "head importance I_h = E|dL/dxi_h| (JSON, CSV, heatmaps)"),
+    "curve": ("curve", "mask the least important heads 0..100%, score each step"),
+    "one-head": ("one_head", "keep only the best head in one layer at a time (paper Table 2)"),
+    "ablate": ("ablate", "mask one head at a time, delta and paired bootstrap (paper Table 1)"),
+    "export": ("export", "write a checkpoint with heads physically removed"),
+    "bench": ("bench", "decoding speed of full, masked and pruned models"),
+    "plot-dynamics": ("plot_dynamics", "plots of per-epoch pruning curves from training"),
+    "report": ("report", "one Markdown report of a results folder"),
+    "user-dir": (None, "print the --user-dir path to pass to fairseq tools"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: fairseq-headprune SUBCOMMAND [options]  (SUBCOMMAND --help for its options)", ""]
+    lines += [f"  {name:14s} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name = argv.pop(0)
+    if name not in SUBCOMMANDS:
+        sys.stderr.write(f"fairseq-headprune: error: unknown subcommand {name!r} "
+                         f"(allowed: {', '.join(SUBCOMMANDS)})\n")
+        return 2
+    if name == "user-dir":
+        import fairseq_headprune
+
+        print(os.path.dirname(os.path.abspath(fairseq_headprune.__file__)))
+        return 0
+    import fairseq_headprune  # noqa: F401  (registers task, installs the error hook)
+    from .common import setup_logging
+
+    setup_logging()
+    module = importlib.import_module(f"fairseq_headprune.cli.{SUBCOMMANDS[name][0]}")
+    return module.main(argv) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
