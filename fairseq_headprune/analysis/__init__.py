@@ -1,0 +1,2 @@
+"""Library functions over (model, batches): decoding, scoring, importance, pruning
+orders, ablation. No argument parsing and no plotting here."""
