@@ -1,0 +1,185 @@
+"""Choosing heads to remove and writing a smaller fairseq checkpoint.
+
+``select_least_important`` turns an importance file and a ratio into a HeadSet (the
+paper's pruning order); ``pruned_checkpoint_state`` turns an original checkpoint plus a
+model whose heads were removed into a checkpoint state that stock fairseq tools load
+(with ``--task translation_headprune``), and ``write_checkpoint`` writes it atomically.
+"""
+
+import copy
+import io
+import math
+import os
+from typing import Dict, Iterable, Optional
+
+import torch
+
+from ..errors import HeadPruneError
+from ..heads import KINDS, HeadSet
+from ..models.head_model import (
+    PRUNED_HEADS_KEY,
+    attention_modules,
+    removed_heads,
+)
+from ..results import atomic_write
+from .ranking import order_by_scores, take_with_floor
+
+
+def current_head_counts(model) -> Dict[str, list]:
+    """{kind: [heads present now per layer]} (the original shape minus removals)."""
+    out: Dict[str, list] = {}
+    for (kind, _), module in attention_modules(model).items():
+        out.setdefault(kind, []).append(module.num_heads)
+    return out
+
+
+def ratio_count(ratio: float, n: int) -> int:
+    """round(ratio * n), halves rounded up (not Python's round-half-to-even)."""
+    return int(math.floor(ratio * n + 0.5))
+
+
+def select_least_important(model, scores, ratio: float, kinds: Iterable[str] = KINDS,
+                           min_heads_per_layer: int = 0) -> HeadSet:
+    """The round(ratio x present heads of ``kinds``) least important heads of ``kinds``,
+    keeping at least ``min_heads_per_layer`` heads in each module. Heads removed
+    earlier are neither counted nor chosen again."""
+    if not 0.0 <= ratio <= 1.0:
+        raise HeadPruneError(f"--prune-ratio {ratio:g} is outside [0, 1]")
+    kinds = tuple(kinds)
+    present = {k: v for k, v in current_head_counts(model).items() if k in kinds}
+    missing = [k for k in kinds if k not in present]
+    if missing:
+        raise HeadPruneError(
+            f"--kinds names {','.join(missing)}, which this model does not have "
+            f"(it has: {','.join(current_head_counts(model))})"
+        )
+    n = sum(sum(v) for v in present.values())
+    count = ratio_count(ratio, n)
+    order = order_by_scores(scores, kinds, exclude=removed_heads(model))
+    chosen = take_with_floor(order, count, present, min_heads_per_layer)
+    return chosen
+
+
+def _set_cfg_value(model_cfg, key, value):
+    if isinstance(model_cfg, dict):
+        model_cfg[key] = value
+    else:
+        setattr(model_cfg, key, value)
+
+
+def pruned_checkpoint_state(src_path: str, model) -> dict:
+    """The checkpoint at ``src_path`` with ``model``'s weights (heads removed) and the
+    removed heads recorded in ``cfg.model.pruned_heads``.
+
+    * The optimizer state is dropped: its tensors have the original shapes and no
+      longer fit (``--restore-file`` then starts a fresh optimizer; the lr-scheduler
+      history and update count stay).
+    * An EMA copy, if the checkpoint has one, is pruned the same way; its fp32 copy
+      is dropped (fairseq rebuilds it from the EMA model).
+    * Floating-point tensors keep the checkpoint's dtype (fp16 checkpoints stay fp16).
+    """
+    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(src_path)
+    original = state["model"]
+    new_model = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        old = original.get(key)
+        if old is not None and old.is_floating_point() and value.is_floating_point():
+            value = value.to(old.dtype)
+        new_model[key] = value.clone()
+    lost = [k for k in original if k not in new_model]
+    if lost:
+        raise HeadPruneError(
+            f"the pruned model lacks {len(lost)} tensors of {src_path!r} (e.g. {lost[0]!r}); "
+            f"export supports fairseq transformer translation checkpoints"
+        )
+    state["model"] = new_model
+    spec = removed_heads(model).to_spec() or None
+    cfg = state.get("cfg")
+    if cfg is not None:
+        if OmegaConf.is_config(cfg):
+            cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        model_cfg = cfg.get("model")
+        if model_cfg is None:
+            raise HeadPruneError(f"checkpoint {src_path!r} has no model config to record "
+                                 f"the removed heads in")
+        model_cfg = copy.copy(model_cfg)
+        _set_cfg_value(model_cfg, PRUNED_HEADS_KEY, spec)
+        cfg["model"] = model_cfg
+        state["cfg"] = cfg
+    if state.get("args") is not None:
+        state["args"] = copy.copy(state["args"])
+        setattr(state["args"], PRUNED_HEADS_KEY, spec)
+    state.pop("last_optimizer_state", None)
+    extra = state.get("extra_state") or {}
+    if "ema" in extra:
+        # The EMA weights are a full (or differently pruned) model state: slice them
+        # to the kept heads with the attention modules' own upgrade logic.
+        ema_model = copy.deepcopy(model)
+        ema_model.load_state_dict(extra["ema"], strict=True)
+        extra["ema"] = {k: v.detach().cpu().to(extra["ema"][k].dtype)
+                        if k in extra["ema"] and v.is_floating_point() else v.detach().cpu()
+                        for k, v in ema_model.state_dict().items()}
+        extra.pop("ema_fp32_params", None)
+    return state
+
+
+def write_checkpoint(state: dict, path: str) -> int:
+    """torch.save to a temporary file in the same folder, then rename: a failed or
+    killed export leaves no partial file. Returns the file size in bytes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise HeadPruneError(f"output folder {folder!r} does not exist")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # like torch.save, not mkstemp's 0600
+    return os.path.getsize(path)
+
+
+def tensor_bytes(state_dict: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state_dict.values()
+               if torch.is_tensor(t))
+
+
+def parameter_summary(before: dict, after: dict, heads_before: Optional[dict] = None) -> dict:
+    """Parameter counts before/after (from models.parameter_counts), in total and per
+    kind, and the exact shares removed."""
+    from fractions import Fraction
+
+    def share(removed, total):
+        if not total:
+            return {"fraction": 0.0, "exact": "0/0"}
+        f = Fraction(removed, total)
+        return {"fraction": removed / total, "exact": f"{removed}/{total}",
+                "reduced": f"{f.numerator}/{f.denominator}"}
+
+    out = {
+        "total": {"before": before["total"], "after": after["total"],
+                  "removed": before["total"] - after["total"],
+                  "share_removed": share(before["total"] - after["total"], before["total"])},
+        "attention": {},
+        "heads": {},
+    }
+    all_b = sum(before["attention"].values())
+    all_a = sum(after["attention"].values())
+    out["attention"]["all"] = {"before": all_b, "after": all_a, "removed": all_b - all_a,
+                               "share_removed": share(all_b - all_a, all_b)}
+    for kind in before["attention"]:
+        b, a = before["attention"][kind], after["attention"][kind]
+        out["attention"][kind] = {"before": b, "after": a, "removed": b - a,
+                                  "share_removed": share(b - a, b)}
+    hb_all = sum(before["heads"].values())
+    ha_all = sum(after["heads"].values())
+    out["heads"]["all"] = {"before": hb_all, "after": ha_all, "removed": hb_all - ha_all,
+                           "share_removed": share(hb_all - ha_all, hb_all)}
+    for kind in before["heads"]:
+        b, a = before["heads"][kind], after["heads"][kind]
+        out["heads"][kind] = {"before": b, "after": a, "removed": b - a,
+                              "share_removed": share(b - a, b)}
+    return out
