@@ -41,20 +41,23 @@ def batches_for(cfg, task, models, subset: str, shard=(1, 0)) -> List[dict]:
     dataset = task.dataset(subset)
     if len(dataset) == 0:
         raise HeadPruneError(f"subset {subset!r} is empty")
-    itr = task.get_batch_iterator(
-        dataset=dataset,
-        max_tokens=cfg.dataset.max_tokens,
-        max_sentences=cfg.dataset.batch_size,
-        max_positions=utils.resolve_max_positions(
-            task.max_positions(), *[m.max_positions() for m in models]
-        ),
-        ignore_invalid_inputs=cfg.dataset.skip_invalid_size_inputs_valid_test,
-        required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,
-        seed=cfg.common.seed,
-        num_shards=shard[0],
-        shard_id=shard[1],
-        num_workers=0,
-    ).next_epoch_itr(shuffle=False)
+    try:
+        itr = task.get_batch_iterator(
+            dataset=dataset,
+            max_tokens=cfg.dataset.max_tokens,
+            max_sentences=cfg.dataset.batch_size,
+            max_positions=utils.resolve_max_positions(
+                task.max_positions(), *[m.max_positions() for m in models]
+            ),
+            ignore_invalid_inputs=cfg.dataset.skip_invalid_size_inputs_valid_test,
+            required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,
+            seed=cfg.common.seed,
+            num_shards=shard[0],
+            shard_id=shard[1],
+            num_workers=0,
+        ).next_epoch_itr(shuffle=False)
+    except AssertionError as e:  # fairseq's batch_by_size: a sentence > --max-tokens
+        raise HeadPruneError(f"cannot batch subset {subset!r}: {e} (raise --max-tokens)")
     return [b for b in itr if b]
 
 

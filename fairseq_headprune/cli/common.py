@@ -24,7 +24,9 @@ def setup_logging():
         datefmt="%Y-%m-%d %H:%M:%S",
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
         stream=sys.stderr,
+        force=True,
     )
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def parse_args(prog: str, argv: List[str], add_args: Callable[[argparse.ArgumentParser], None]):
@@ -91,6 +93,9 @@ class Context:
                 self.task.load_dataset(subset, task_cfg=self.saved_cfg.task)
             except FileNotFoundError as e:
                 raise HeadPruneError(f"subset {subset!r} not found in {self.cfg.task.data}: {e}")
+            except ValueError as e:  # fairseq cannot mmap an empty split
+                raise HeadPruneError(
+                    f"subset {subset!r} of {self.cfg.task.data} cannot be loaded: {e} (empty split?)")
 
     def batches(self, subset: str, max_sentences: Optional[int] = None,
                 max_batches: Optional[int] = None, shard=(1, 0)):

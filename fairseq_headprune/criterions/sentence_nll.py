@@ -13,7 +13,13 @@ from fairseq.dataclass import FairseqDataclass
 def sentence_nll(model, sample) -> torch.Tensor:
     """[batch] summed NLL (nats) of each sentence's reference tokens."""
     net_output = model(**sample["net_input"])
-    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    logits = net_output[0]
+    if getattr(model.decoder, "adaptive_softmax", None) is None:
+        # fairseq's own log-softmax, but kept in float64 for a float64 model (exact tests)
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        lprobs = torch.log_softmax(logits, dim=-1, dtype=dtype)
+    else:
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
     target = sample["target"]
     pad = model.decoder.dictionary.pad() if hasattr(model, "decoder") else 1
     nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)

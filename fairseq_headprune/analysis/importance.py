@@ -1,0 +1,241 @@
+"""Head importance I_h = E_x |∂L(x)/∂ξ_h| (Michel et al. 2019, eq. 2-3).
+
+One forward and one backward pass per batch, and only ∂L/∂ξ is computed: parameters
+are frozen for the pass, each attention module multiplies its heads' contexts by a gate
+of ones [query positions, batch, heads] that requires grad, and ``torch.autograd.grad``
+returns the gate gradients alone. Because sentence b's loss depends only on its own
+gate entries, gate.grad[t, b, h] = ∂L_b/∂ξ_{h,t,b}. Every granularity comes from that
+one gradient:
+
+* ``token``    Σ_{t,b} |g[t,b,h]|          (the official MT code; t = the module's
+                                             query positions: source tokens for E,
+                                             target tokens for A and D)
+* ``sentence`` Σ_b |Σ_t g[t,b,h]|          (the paper's E_x; Σ_t g = ∂L_b/∂ξ_h)
+* ``batch``    |Σ_{t,b} g[t,b,h]|          (Hugging Face's bertology; depends on batching)
+
+Padding positions are excluded. Means divide by the matching count (tokens of that
+module's query side, sentences, batches). ``scores()`` then normalises each layer
+(module) by its l2 norm, as the paper does, with an epsilon.
+"""
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+
+from ..criterions.sentence_nll import sentence_nll
+from ..heads import KINDS, Shape
+from ..models.head_model import attention_modules, model_head_shape
+
+GRANULARITIES = ("sentence", "token", "batch")
+
+
+@contextlib.contextmanager
+def frozen_parameters(model):
+    """No parameter gradients are computed while inside."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def gated(model):
+    modules = attention_modules(model)
+    for m in modules.values():
+        m.gate_heads, m.last_gate = True, None
+    try:
+        yield modules
+    finally:
+        for m in modules.values():
+            m.gate_heads, m.last_gate = False, None
+
+
+@dataclass
+class ImportanceAccumulator:
+    """Running sums over batches; ``all_reduce`` sums them across workers."""
+
+    shape: Shape
+    sums: Dict[str, torch.Tensor] = field(default_factory=dict)  # gran -> [modules, maxH]
+    tokens: Optional[torch.Tensor] = None  # [modules] query tokens seen by each module
+    counts: Optional[torch.Tensor] = None  # [sentences, batches, skipped batches]
+
+    def __post_init__(self):
+        self.keys = [(k, l + 1) for k in KINDS for l in range(len(self.shape.get(k) or []))]
+        width = max([n for k in KINDS for n in (self.shape.get(k) or [])] or [0])
+        for g in GRANULARITIES:
+            self.sums.setdefault(g, torch.zeros(len(self.keys), width, dtype=torch.float64))
+        if self.tokens is None:
+            self.tokens = torch.zeros(len(self.keys), dtype=torch.float64)
+        if self.counts is None:
+            self.counts = torch.zeros(3, dtype=torch.float64)
+
+    def add_batch(self, grads: Dict, query_pad: Dict, nsentences: int):
+        """grads[(kind, layer)]: [T, B, kept heads] gate gradients; query_pad[kind]:
+        [T, B] bool (True = padding); kept heads map to original indices via
+        grads[key].kept."""
+        for i, key in enumerate(self.keys):
+            g, kept = grads[key]
+            if g is None or g.numel() == 0:
+                pad = query_pad[key[0]]
+                self.tokens[i] += (~pad).sum().item()
+                continue
+            pad = query_pad[key[0]]
+            g = g.double().masked_fill(pad.unsqueeze(-1), 0.0)
+            idx = torch.tensor(kept, dtype=torch.long)
+            self.sums["token"][i, idx] += g.abs().sum(dim=(0, 1)).cpu()
+            self.sums["sentence"][i, idx] += g.sum(dim=0).abs().sum(dim=0).cpu()
+            self.sums["batch"][i, idx] += g.sum(dim=(0, 1)).abs().cpu()
+            self.tokens[i] += (~pad).sum().item()
+        self.counts[0] += nsentences
+        self.counts[1] += 1
+
+    def skip_batch(self):
+        self.counts[2] += 1
+
+    def all_reduce(self, all_reduce_fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Sum every statistic across data-parallel workers (e.g. fairseq's
+        distributed_utils.all_reduce); tensors are packed into one call."""
+        parts = [self.sums[g] for g in GRANULARITIES] + [self.tokens.unsqueeze(1), self.counts.unsqueeze(1)]
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        flat = all_reduce_fn(flat)
+        offset = 0
+        for g in GRANULARITIES:
+            n = self.sums[g].numel()
+            self.sums[g] = flat[offset:offset + n].view_as(self.sums[g]).clone()
+            offset += n
+        n = self.tokens.numel()
+        self.tokens = flat[offset:offset + n].clone()
+        offset += n
+        self.counts = flat[offset:offset + 3].clone()
+
+    def result(self, removed: Optional[Dict] = None) -> "Importance":
+        return Importance(self.shape, self.keys, {g: s.clone() for g, s in self.sums.items()},
+                          self.tokens.clone(), self.counts.clone(), removed or {})
+
+
+@dataclass
+class Importance:
+    shape: Shape
+    keys: List
+    sums: Dict[str, torch.Tensor]
+    tokens: torch.Tensor
+    counts: torch.Tensor
+    removed: Dict  # (kind, layer) -> set of removed original 0-based heads
+
+    @property
+    def nsentences(self) -> int:
+        return int(self.counts[0])
+
+    def _count(self, granularity: str, i: int) -> float:
+        if granularity == "token":
+            return float(self.tokens[i])
+        return float(self.counts[0] if granularity == "sentence" else self.counts[1])
+
+    def _table(self, granularity: str, mean: bool) -> Dict[str, List[List[Optional[float]]]]:
+        out: Dict[str, List[List[Optional[float]]]] = {}
+        for i, (kind, layer) in enumerate(self.keys):
+            n = self.shape[kind][layer - 1]
+            count = max(self._count(granularity, i), 1.0) if mean else 1.0
+            gone = self.removed.get((kind, layer), set())
+            out.setdefault(kind, []).append(
+                [None if h in gone else float(self.sums[granularity][i, h]) / count for h in range(n)]
+            )
+        return out
+
+    def means(self, granularity: str = "sentence") -> Dict[str, List[List[Optional[float]]]]:
+        """E|∂L/∂ξ_h| per kind, layer, head (None for removed heads)."""
+        return self._table(granularity, mean=True)
+
+    def scores(self, granularity: str = "sentence", normalize: bool = True,
+               eps: float = 1e-12) -> Dict[str, List[List[Optional[float]]]]:
+        """means(), each layer divided by its l2 norm (+ eps) when ``normalize``."""
+        out = self.means(granularity)
+        if not normalize:
+            return out
+        for kind, layers in out.items():
+            for j, row in enumerate(layers):
+                norm = math.sqrt(sum(v * v for v in row if v is not None))
+                layers[j] = [None if v is None else v / (norm + eps) for v in row]
+        return out
+
+    def to_json(self, granularity="sentence", normalize=True, eps=1e-12, meta=None) -> dict:
+        obj = dict(self.scores(granularity, normalize, eps))
+        obj["granularity"] = granularity
+        obj["normalize"] = normalize
+        obj["eps"] = eps
+        obj["counts"] = {"sentences": int(self.counts[0]), "batches": int(self.counts[1]),
+                         "skipped_batches": int(self.counts[2]),
+                         "query_tokens": {f"{k}:{l}": int(self.tokens[i])
+                                          for i, (k, l) in enumerate(self.keys)}}
+        obj["raw_sums"] = {g: self._table(g, mean=False) for g in GRANULARITIES}
+        obj["means"] = {g: self.means(g) for g in GRANULARITIES}
+        if meta:
+            obj["meta"] = meta
+        return obj
+
+
+def _query_padding(model, sample) -> Dict[str, torch.Tensor]:
+    """[T, B] padding masks of the query side of each kind."""
+    src_pad = sample["net_input"]["src_tokens"].eq(model.encoder.dictionary.pad())
+    tgt_pad = sample["target"].eq(model.decoder.dictionary.pad())
+    return {"E": src_pad.t(), "A": tgt_pad.t(), "D": tgt_pad.t()}
+
+
+def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
+    """One forward + backward of ``loss_fn(model, sample)`` (default: summed token NLL
+    of the reference); returns ({(kind, layer): (grad [T,B,H_kept] or None, kept)},
+    finite)."""
+    loss_fn = loss_fn or (lambda m, s: sentence_nll(m, s).sum())
+    with frozen_parameters(model), gated(model) as modules, torch.enable_grad():
+        loss = loss_fn(model, sample)
+        gates = [m.last_gate for m in modules.values()]
+        live = [g for g in gates if g is not None and g.numel() > 0]
+        grads = torch.autograd.grad(loss.float() * loss_scale, live, allow_unused=True) if live else []
+        it = iter(grads)
+        out, finite = {}, True
+        for key, m in modules.items():
+            g = m.last_gate
+            gr = next(it) if (g is not None and g.numel() > 0) else None
+            if gr is not None:
+                gr = gr.double() / loss_scale
+                finite = finite and bool(torch.isfinite(gr).all())
+            elif g is not None and g.numel() > 0:
+                gr = torch.zeros_like(g, dtype=torch.float)
+            out[key] = (gr, list(m.kept_heads))
+    return out, finite
+
+
+def compute_importance(model, batches: Iterable[dict], loss_fn=None, loss_scale: float = 1.0,
+                       use_cuda: bool = False, progress: Optional[Callable] = None,
+                       accumulator: Optional[ImportanceAccumulator] = None) -> ImportanceAccumulator:
+    """Accumulate gate gradients over ``batches`` (model in eval mode: no dropout).
+    Batches with non-finite gradients (fp16 overflow) are skipped and counted."""
+    from fairseq import utils
+
+    acc = accumulator or ImportanceAccumulator(model_head_shape(model))
+    was_training = model.training
+    model.eval()
+    it = progress(batches) if progress else batches
+    for sample in it:
+        if use_cuda:
+            sample = utils.move_to_cuda(sample)
+        grads, finite = batch_gate_gradients(model, sample, loss_fn, loss_scale)
+        if not finite:
+            acc.skip_batch()
+            continue
+        acc.add_batch(grads, {k: v.cpu() for k, v in _query_padding(model, sample).items()},
+                      sample["target"].size(0))
+    model.train(was_training)
+    return acc
+
+
+def removed_map(model) -> Dict:
+    return {key: set(range(m.orig_num_heads)) - set(m.kept_heads)
+            for key, m in attention_modules(model).items()}
