@@ -87,6 +87,7 @@ def paired_bootstrap(name: str, baseline: Sequence[str], system: Sequence[str],
             {name: _metric(name)}, references=[refs_p], test_type="bs", n_samples=n_samples,
         )
         _, results = test()
-    base, sys_ = results[name]
+    # sacrebleu keys results by the score's own name ('BLEU', 'chrF2'), not ours
+    base, sys_ = next(v for k, v in results.items() if k != "System")
     return {"baseline": float(base.score), "score": float(sys_.score),
             "delta": float(sys_.score - base.score), "p_value": float(sys_.p_value)}
