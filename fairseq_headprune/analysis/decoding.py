@@ -8,7 +8,7 @@ fairseq-generate prints its H- and T- lines (same batching, same --remove-bpe, s
 """
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import torch
 from fairseq import utils
@@ -93,21 +93,18 @@ class SubsetDecoder:
             x = self.tokenizer.decode(x)
         return x
 
-    def samples(self) -> Iterator[dict]:
-        for sample in self.batches:
-            yield utils.move_to_cuda(sample) if self.use_cuda else sample
-
     def translate(self, desc: Optional[str] = None, progress: bool = True) -> Translations:
         post = self.cfg.common_eval.post_process
         strip = symbols_to_strip(self.generator)
         out = {}
         ntokens = 0
         bar = progress_bar.progress_bar(
-            self.samples(), log_format="tqdm" if progress else "none", prefix=desc or self.subset,
-            default_log_format="tqdm",
-        ) if progress else self.samples()
+            self.batches, log_format="tqdm", prefix=desc or self.subset, default_log_format="tqdm",
+        ) if progress else self.batches
         with torch.no_grad():
             for sample in bar:
+                if self.use_cuda:
+                    sample = utils.move_to_cuda(sample)
                 hypos = self.task.inference_step(self.generator, [self.model], sample)
                 for i, sid in enumerate(sample["id"].tolist()):
                     target = utils.strip_pad(sample["target"][i, :], self.tgt_dict.pad())

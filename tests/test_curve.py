@@ -1,0 +1,108 @@
+"""Pruning curves: the 0% point is plain fairseq-generate + sacrebleu, every point is
+reproduced by fairseq-generate --mask-heads @spec, orders and floors behave, resume."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import sacrebleu
+
+from conftest import ROOT, run
+from fairseq_headprune.analysis.curve import fractions, pruning_curve
+from fairseq_headprune.analysis.ranking import order_by_scores, take_with_floor
+from fairseq_headprune.heads import HeadSet
+
+USER = ["--user-dir", os.path.join(ROOT, "fairseq_headprune"), "--task", "translation_headprune"]
+GEN = ["--cpu", "--beam", "3", "--remove-bpe", "--max-tokens", "4000", "--gen-subset", "valid"]
+
+
+def generate_bleu(data, ckpt, *extra):
+    """fairseq-generate, then sacrebleu (tokenize=none) on its H- and T- lines."""
+    p = run(["fairseq-generate", data, "--path", ckpt, *GEN, *USER, *extra])
+    hyp, ref = {}, {}
+    for line in p.stdout.splitlines():
+        if line.startswith("H-"):
+            i, _, text = line[2:].split("\t", 2)
+            hyp[int(i)] = text
+        elif line.startswith("T-"):
+            i, text = line[2:].split("\t", 1)
+            ref[int(i)] = text
+    ids = sorted(ref)
+    return sacrebleu.corpus_bleu([hyp[i] for i in ids], [[ref[i] for i in ids]], tokenize="none").score
+
+
+@pytest.fixture(scope="module")
+def curve(data_dir, trained_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("curve")
+    run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, *GEN,
+         "--results-dir", str(out), "--importance-subset", "valid", "--prune-step", "0.25"])
+    return out, json.loads((out / "curve.json").read_text())
+
+
+def test_curve_points_match_fairseq_generate(data_dir, trained_ckpt, curve):
+    out, obj = curve
+    points = obj["curves"]["all"]
+    assert [p["fraction"] for p in points] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert [p["masked"] for p in points] == [0, 6, 12, 18, 24]
+    assert points[0]["bleu"] == pytest.approx(generate_bleu(data_dir, trained_ckpt), abs=1e-9)
+    spec = out / "specs" / "curve_all_050.json"
+    assert json.loads(spec.read_text())["spec"] == points[2]["spec"]
+    assert points[2]["bleu"] == pytest.approx(
+        generate_bleu(data_dir, trained_ckpt, "--mask-heads", f"@{spec}"), abs=1e-9)
+    for name in ("curve.csv", "curve.png", "importance.json"):
+        assert (out / name).stat().st_size > 100
+
+
+def test_curve_resumes_after_interruption(data_dir, trained_ckpt, curve):
+    out, obj = curve
+    partial = dict(obj, curves={"all": obj["curves"]["all"][:2]})
+    (out / "curve.json").write_text(json.dumps(partial))
+    p = run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, *GEN,
+             "--results-dir", str(out), "--importance-subset", "valid", "--prune-step", "0.25"])
+    assert "2 points done" in p.stderr
+    again = json.loads((out / "curve.json").read_text())
+    strip = lambda pts: [{k: v for k, v in p.items()} for p in pts]
+    assert strip(again["curves"]["all"]) == strip(obj["curves"]["all"])
+
+
+def test_min_heads_per_layer_and_orders():
+    shape = {"E": [4, 4], "A": [4]}
+    scores = {"E": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]], "A": [[0.05, 0.9, 0.95, 0.99]]}
+    order = order_by_scores(scores)
+    assert order[:3] == [("A", 1, 1), ("E", 1, 1), ("E", 1, 2)]
+    chosen = take_with_floor(order, 12, shape, 2)
+    assert len(chosen) == 6 and all(len(chosen.of(k, l)) == 2 for k, l in [("E", 1), ("E", 2), ("A", 1)])
+    seen = []
+    pts = pruning_curve(shape, ("E",), fractions(0.5), lambda m: {"n": len(m)}, order=order,
+                        on_point=seen.append)
+    assert [p["masked"] for p in pts] == [0, 4, 8] and [p["n"] for p in pts] == [0, 4, 8]
+    assert HeadSet.parse(pts[1]["spec"], shape) == HeadSet([("E", 1, h) for h in range(1, 5)])
+    # re-estimation is asked for fresh scores with the heads masked so far
+    calls = []
+    pruning_curve(shape, ("E", "A"), fractions(0.5), lambda m: {},
+                  reestimate=lambda masked: calls.append(len(masked)) or scores)
+    assert calls == [0, 6]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--kinds", "E,X"], "unknown attention kind 'X'"),
+    (["--prune-step", "0"], "pruning step 0.0 is outside (0, 1]"),
+    (["--order", "ablation"], "--order ablation needs --ablation FILE"),
+])
+def test_curve_bad_input(data_dir, trained_ckpt, tmp_path, extra, message):
+    p = subprocess.run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, "--cpu",
+                        "--results-dir", str(tmp_path), *extra], capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert message in p.stderr.strip().splitlines()[-1]
+
+
+def test_importance_file_that_does_not_fit(data_dir, trained_ckpt, tmp_path):
+    bad = tmp_path / "imp.json"
+    bad.write_text(json.dumps({"E": [[1, 2, 3]], "A": [[1] * 4] * 2, "D": [[1] * 4] * 2}))
+    p = subprocess.run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, "--cpu",
+                        "--results-dir", str(tmp_path / "o"), "--importance", str(bad)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert "does not fit this model: E has [3] heads per layer there, the model has [4, 4]" in last
