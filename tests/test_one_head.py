@@ -1,0 +1,51 @@
+"""Keep-one-head-per-layer (paper Table 2): the chosen head is the best on the
+selection subset, and the reported change re-derives from fairseq-generate
+--mask-heads + sacrebleu (score and paired bootstrap)."""
+
+import json
+import os
+
+from sacrebleu.metrics import BLEU
+from sacrebleu.significance import PairedTest
+
+from conftest import run
+from fairseq_headprune.heads import HeadSet
+from test_curve import GEN, USER
+
+
+def generate_lines(data, ckpt, *extra):
+    p = run(["fairseq-generate", data, "--path", ckpt, *GEN, *USER, *extra])
+    hyp, ref = {}, {}
+    for line in p.stdout.splitlines():
+        if line.startswith("H-"):
+            i, _, text = line[2:].split("\t", 2)
+            hyp[int(i)] = text
+        elif line.startswith("T-"):
+            i, text = line[2:].split("\t", 1)
+            ref[int(i)] = text
+    ids = sorted(ref)
+    return [hyp[i] for i in ids], [ref[i] for i in ids]
+
+
+def test_one_head_table(data_dir, trained_ckpt, tmp_path):
+    run(["fairseq-headprune", "one-head", data_dir, "--path", trained_ckpt, *GEN,
+         "--results-dir", str(tmp_path), "--kinds", "A", "--bootstrap-samples", "200"])
+    obj = json.loads((tmp_path / "one_head.json").read_text())
+    rows = obj["rows"]
+    assert [(r["kind"], r["layer"]) for r in rows] == [("A", 1), ("A", 2)]
+    row = rows[1]
+    scores = {int(h): s for h, s in row["select_scores"].items()}
+    assert row["best_head"] == max(scores, key=lambda h: (scores[h], -h))
+    others = HeadSet(("A", 2, h) for h in range(1, 5) if h != row["best_head"])
+    assert HeadSet.parse(row["spec"], {"A": [4, 4]}) == others
+    base_h, refs = generate_lines(data_dir, trained_ckpt)
+    sys_h, _ = generate_lines(data_dir, trained_ckpt, "--mask-heads", row["spec"])
+    metric = BLEU(tokenize="none", force=True)
+    assert row["baseline"] == metric.corpus_score(base_h, [refs]).score
+    assert row["score"] == metric.corpus_score(sys_h, [refs]).score == scores[row["best_head"]]
+    os.environ["SACREBLEU_SEED"] = "12345"
+    _, res = PairedTest([("b", base_h), ("s", sys_h)], {"bleu": BLEU(tokenize="none", force=True)},
+                        references=[refs], test_type="bs", n_samples=200)()
+    assert row["p_value"] == res["BLEU"][1].p_value
+    md = (tmp_path / "one_head.md").read_text()
+    assert f"{row['delta']:+.2f}" in md and "encoder-decoder attention" in md
