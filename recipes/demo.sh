@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The README's main job: the paper's analysis chain on Multi30k de->en, on CPU.
+#   data prep (sacremoses + subword-nmt + fairseq-preprocess) -> fairseq-train of a
+#   6-layer, 8-head Transformer -> fairseq-generate full / --mask-heads / --prune-heads
+#   -> importance -> pruning curves (global and per kind) -> keep-one-head table
+#   -> single-head ablation -> export of a pruned checkpoint -> speed -> report.
+# Every stage skips work that is already done, so an interrupted demo resumes.
+set -euo pipefail
+usage() {
+  cat <<EOF
+usage: $(basename "$0") [--quick] [--out DIR] [--data DIR] [--cpu-threads N]
+  --quick        ~5 minutes: less data, a shorter training, coarser curves
+  --out DIR      work folder (default: runs/demo or runs/demo-quick)
+  --data DIR     Multi30k raw folder (default: ../shared/data/multi30k, else download)
+Default (~20 minutes on 2 cores): 29k training pairs, ~8 minutes of training.
+EOF
+}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+QUICK=0 OUT="" DATA_RAW=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    --data) DATA_RAW=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; echo "demo.sh: error: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+step() { echo; echo "=== [demo] $*"; }
+fail() { echo "demo.sh: error: $*" >&2; exit 1; }
+trap 'fail "stage failed (line $LINENO); see the output above"' ERR
+
+if [ "$QUICK" = 1 ]; then
+  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=200
+  UPDATES=500; STEP=0.25; DIM=64; ABLATE_KINDS=A
+else
+  OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
+  UPDATES=2500; STEP=0.1; DIM=128; ABLATE_KINDS=A
+fi
+mkdir -p "$OUT"
+DATA="$OUT/data"; CKPT_DIR="$OUT/checkpoints"; RES="$OUT/results"
+CKPT="$CKPT_DIR/checkpoint_last.pt"
+USER_DIR="$root/fairseq_headprune"
+GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000)
+T0=$(date +%s)
+
+step "1/9 data: Multi30k de->en, Moses tokenization, BPE ($MERGES merges), fairseq-preprocess"
+prep=(--out "$DATA" --max-train "$MAX_TRAIN" --max-test "$MAX_TEST" --bpe-merges "$MERGES" --workers 2)
+[ -n "$DATA_RAW" ] && prep+=(--local "$DATA_RAW")
+bash "$root/data-prep/prepare-multi30k.sh" "${prep[@]}"
+
+step "2/9 fairseq-train: 6+6 layers, 8 heads, d=$DIM, $UPDATES updates (task translation_headprune)"
+if [ ! -f "$CKPT" ] || ! grep -q "done training" "$CKPT_DIR/train.log" 2>/dev/null; then
+  mkdir -p "$CKPT_DIR"
+  fairseq-train "$DATA/bin" --user-dir "$USER_DIR" --task translation_headprune \
+    --arch transformer_iwslt_de_en --encoder-layers 6 --decoder-layers 6 \
+    --encoder-attention-heads 8 --decoder-attention-heads 8 \
+    --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM" \
+    --encoder-ffn-embed-dim $((4 * DIM)) --decoder-ffn-embed-dim $((4 * DIM)) \
+    --share-decoder-input-output-embed \
+    --optimizer adam --adam-betas '(0.9, 0.98)' --lr 2e-3 --lr-scheduler inverse_sqrt \
+    --warmup-updates 400 --dropout 0.1 --weight-decay 0.0001 \
+    --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
+    --max-tokens 4096 --max-update "$UPDATES" --save-dir "$CKPT_DIR" --no-epoch-checkpoints \
+    --cpu --seed 1 --log-format simple --log-interval 100 2>&1 | tee "$CKPT_DIR/train.log" \
+    | grep -E "train \| epoch|valid \| epoch|done training" || true
+  grep -q "done training" "$CKPT_DIR/train.log" || fail "fairseq-train did not finish (see $CKPT_DIR/train.log)"
+else
+  echo "skip (done): $CKPT"
+fi
+
+step "3/9 fairseq-generate: full model, --mask-heads, --prune-heads (same spec: same hypotheses)"
+SPEC="E:1:1-4 A:6:5-8 D:2:*"
+mkdir -p "$RES"
+for mode in full mask prune; do
+  out="$RES/generate.$mode.txt"
+  [ -s "$out" ] && { echo "skip (done): $out"; continue; }
+  extra=()
+  [ "$mode" = mask ] && extra=(--mask-heads "$SPEC")
+  [ "$mode" = prune ] && extra=(--prune-heads "$SPEC")
+  fairseq-generate "$DATA/bin" --path "$CKPT" --user-dir "$USER_DIR" --task translation_headprune \
+    "${GEN[@]}" "${extra[@]}" 2>/dev/null > "$out.tmp" && mv "$out.tmp" "$out"
+done
+for mode in full mask prune; do
+  printf "%-6s %s\n" "$mode" "$(tail -n 1 "$RES/generate.$mode.txt")"
+done
+if cmp -s <(grep ^H- "$RES/generate.mask.txt") <(grep ^H- "$RES/generate.prune.txt"); then
+  echo "masked and pruned hypotheses are identical"
+else
+  fail "masked and pruned hypotheses differ"
+fi
+
+HP=(fairseq-headprune)
+step "4/9 importance on 2000 training sentences"
+[ -f "$RES/importance.json" ] || "${HP[@]}" importance "$DATA/bin" --path "$CKPT" "${GEN[@]}" \
+  --results-dir "$RES" --importance-subset train --importance-max-sentences 2000
+
+step "5/9 pruning curves: E, A, D and all kinds (importance order)"
+"${HP[@]}" curve "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
+  --importance "$RES/importance.json" --per-kind --prune-step "$STEP"
+
+step "6/9 keep only the best head per layer (paper Table 2)"
+"${HP[@]}" one-head "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --gen-subset valid
+
+step "7/9 single-head ablation of $ABLATE_KINDS heads with paired bootstrap (paper Table 1)"
+"${HP[@]}" ablate "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --kinds "$ABLATE_KINDS"
+
+step "8/9 export: remove 50% of the heads by importance; speed"
+[ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$DATA/bin" --path "$CKPT" --cpu \
+  --results-dir "$RES" --prune-ratio 0.5 --importance "$RES/importance.json" --out "$RES/pruned50.pt"
+"${HP[@]}" bench "$DATA/bin" --path "$CKPT" --cpu --results-dir "$RES" \
+  --prune-heads "@$RES/pruned50.spec.json" --gen-subset test
+
+step "9/9 report"
+"${HP[@]}" report "$RES"
+echo
+echo "[demo] done in $(( $(date +%s) - T0 )) s; report: $RES/report.md"
