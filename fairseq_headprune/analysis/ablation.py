@@ -36,6 +36,7 @@ finished head::
 """
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -287,6 +288,16 @@ class LossEvaluator:
 
 
 # ---------------------------------------------------------------- the sweep
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def load_results(path: str, settings: dict, overwrite: bool = False) -> Optional[dict]:
     """The stored results to resume from (None for a fresh start); refuses results
     made with other settings."""
@@ -296,10 +307,12 @@ def load_results(path: str, settings: dict, overwrite: bool = False) -> Optional
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise HeadPruneError(
             f"{path!r} is not a {FORMAT} file; choose another --results-dir or pass --overwrite")
-    old = obj.get("settings") or {}
-    diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    # compare as stored: a JSON round trip turns tuples into lists
+    old = _flatten(obj.get("settings") or {})
+    new = _flatten(json.loads(json.dumps(settings)))
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        shown = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff[:3])
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
         raise HeadPruneError(
             f"{path!r} holds results made with other settings ({shown}); rerun the same "
             f"command to resume, or use another --results-dir or --overwrite")

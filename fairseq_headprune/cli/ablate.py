@@ -232,19 +232,26 @@ def _run(args, ab, stop_after, pool) -> int:
         raise ab.Interrupted(signal.Signals(signum).name, signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Every decoder (and its generator) is built before anything is decoded: fairseq's
+    # post-processing adds the words it prints to the target dictionary
+    # (encode_line(add_if_not_exist=True)), and a generator built after that would take
+    # the grown dictionary's size for the model's vocabulary.
+    evaluators = []
+    for s in sets:
+        if args.metric == "loss":
+            evaluators.append(ab.LossEvaluator(model, s.batches, args.bootstrap_samples,
+                                               args.bootstrap_seed, ctx.use_cuda))
+        else:
+            from ..analysis.decoding import SubsetDecoder
+
+            dec = SubsetDecoder(ctx.cfg, s.task, model, s.subset, batches=s.batches)
+            evaluators.append(ab.DecodeEvaluator(dec, args.metric, ctx.target_lang,
+                                                 args.bootstrap_samples, args.bootstrap_seed,
+                                                 pool))
     paths = []
     try:
-        for i, s in enumerate(sets):
+        for i, (s, ev) in enumerate(zip(sets, evaluators)):
             stem = file_stem(args.metric, i, s.label)
-            if args.metric == "loss":
-                ev = ab.LossEvaluator(model, s.batches, args.bootstrap_samples,
-                                      args.bootstrap_seed, ctx.use_cuda)
-            else:
-                from ..analysis.decoding import SubsetDecoder
-
-                dec = SubsetDecoder(ctx.cfg, s.task, model, s.subset, batches=s.batches)
-                ev = ab.DecodeEvaluator(dec, args.metric, ctx.target_lang,
-                                        args.bootstrap_samples, args.bootstrap_seed, pool)
             logger.info(f"ablating {len(heads)} heads on {s.subset} ({s.data}, "
                         f"{ev.n_sentences} sentences) -> {ctx.path(stem + '.json')}")
             sweep = ab.Sweep(
