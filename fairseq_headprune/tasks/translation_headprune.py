@@ -7,6 +7,18 @@ modules. Heads removed earlier (recorded in the model config as ``pruned_heads``
 heads in ``--prune-heads`` are removed before the weights load; the attention modules
 slice the incoming (full or pruned) checkpoint to fit, so a stock checkpoint, a pruned
 checkpoint and resumed training all load with no conversion step.
+
+Training dynamics (paper §6, Fig. 6): with ``--prune-curve-every-epoch`` (and/or
+``--prune-curve-interval-updates N``) fairseq-train computes, at the end of every epoch,
+head importance on a fixed slice of the training data and the pruning curve on the
+validation set, split across data-parallel workers, and appends one JSON line per
+epoch to ``<save-dir>/head_dynamics.jsonl`` (see analysis/dynamics.py). It runs in
+``begin_valid_epoch``, i.e. at fairseq's end-of-epoch validation, before the epoch's
+checkpoint is saved, so the checkpoint's task state holds that epoch's importance and
+the line describes exactly the saved weights. It therefore needs the end-of-epoch
+validation: not ``--disable-validation``, and ``--validate-interval 1`` (the default);
+interval lines need fairseq validations at those updates
+(``--validate-interval-updates N`` or ``--save-interval-updates N``).
 """
 
 import logging
@@ -14,8 +26,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
 
 from ..heads import HeadSet, HeadSpec
 from ..models.head_model import (
@@ -45,6 +59,51 @@ class TranslationHeadPruneConfig(TranslationConfig):
         default=None,
         metadata={"help": "physically remove these heads before use: " + SPEC_HELP},
     )
+    # ---- training dynamics (fairseq-train) ----
+    prune_curve_every_epoch: bool = field(default=False, metadata={
+        "help": "at the end of every epoch, estimate head importance and compute the "
+                "pruning curve; one JSON line per epoch in <save-dir>/head_dynamics.jsonl"})
+    prune_curve_interval_updates: int = field(default=0, metadata={
+        "help": "also every N updates, at fairseq's mid-epoch validations (set "
+                "--validate-interval-updates N); 0 = off"})
+    prune_curve_step: float = field(default=0.1, metadata={
+        "help": "curve points every STEP of the heads (0.1: 0%, 10%, ..., 100%)"})
+    prune_curve_kinds: str = field(default="E,A,D", metadata={
+        "help": "attention kinds to prune, ranked together (default: all)"})
+    prune_curve_subset: str = field(default="valid", metadata={
+        "help": "split the curve is scored on"})
+    prune_curve_sentences: Optional[int] = field(default=200, metadata={
+        "help": "score the curve on the first N sentences of --prune-curve-subset "
+                "(fairseq-generate's batching; 0 = all)"})
+    prune_curve_beam: int = field(default=5, metadata={"help": "beam size for curve BLEU"})
+    prune_curve_lenpen: float = field(default=1.0, metadata={"help": "length penalty"})
+    prune_curve_max_len_a: float = field(default=1.2, metadata={
+        "help": "generate at most a*srclen+b tokens (bounds decoding of heavily pruned models)"})
+    prune_curve_max_len_b: int = field(default=10, metadata={"help": "see --prune-curve-max-len-a"})
+    prune_curve_remove_bpe: Optional[str] = field(default="subword_nmt", metadata={
+        "help": "post-processing before BLEU, as fairseq-generate --post-process "
+                "(default subword_nmt = --remove-bpe; 'none' to keep subwords)"})
+    prune_curve_importance_subset: Optional[str] = field(default=None, metadata={
+        "help": "split to estimate importance on (default: --train-subset, as the paper)"})
+    prune_curve_importance_sentences: Optional[int] = field(default=2000, metadata={
+        "help": "estimate importance on N sentences: the first batches of a seeded "
+                "shuffle of the split's batches, the same every epoch (0 = all)"})
+    prune_curve_granularity: ChoiceEnum(["sentence", "token", "batch"]) = field(
+        default="sentence", metadata={"help": "where |dL/dxi| is taken (see importance)"})
+    prune_curve_no_normalize: bool = field(default=False, metadata={
+        "help": "do not l2-normalise importance per layer before ranking"})
+    prune_curve_seed: int = field(default=1, metadata={
+        "help": "seed of the batching and of the importance slice"})
+    prune_curve_loss_scale: Optional[float] = field(default=None, metadata={
+        "help": "loss scale for the importance pass (default: the trainer's current "
+                "--fp16 loss scale; 1 in fp32 and --amp)"})
+    prune_curve_file: str = field(default="head_dynamics.jsonl", metadata={
+        "help": "file name of the results, in --save-dir"})
+    # taken from the training configuration (hydra interpolation; no command-line flag)
+    prune_curve_save_dir: str = II("checkpoint.save_dir")
+    prune_curve_max_tokens: Optional[int] = II("dataset.max_tokens_valid")
+    prune_curve_batch_size: Optional[int] = II("dataset.batch_size_valid")
+    prune_curve_batch_multiple: int = II("dataset.required_batch_size_multiple")
 
 
 @register_task("translation_headprune", dataclass=TranslationHeadPruneConfig)
@@ -56,6 +115,13 @@ class TranslationHeadPruneTask(TranslationTask):
         # Parse now so that a malformed spec or missing file fails before any work.
         self.mask_spec = HeadSpec.parse(cfg.mask_heads)
         self.prune_spec = HeadSpec.parse(cfg.prune_heads)
+        self.fixed_mask = HeadSet()
+        self._dyn = None  # DynamicsState, created when fairseq-train first needs it
+
+    @property
+    def dynamics_enabled(self) -> bool:
+        return bool(getattr(self.cfg, "prune_curve_every_epoch", False)
+                    or (getattr(self.cfg, "prune_curve_interval_updates", 0) or 0) > 0)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
@@ -82,7 +148,45 @@ class TranslationHeadPruneTask(TranslationTask):
         if mask:
             set_head_mask(model, mask)
             logger.info(f"masked {len(mask)} attention heads: {mask.to_spec()}")
+        self.fixed_mask = mask
         return model
+
+    # ---- training dynamics: fairseq-train hooks ----------------------------------
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        if self._dyn is not None or self.dynamics_enabled:
+            self._dynamics().note_iterator(dataset, itr)
+        return itr
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if self.dynamics_enabled:
+            self._dynamics().note_step(optimizer, update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        if self.dynamics_enabled:
+            self._dynamics().begin_epoch(epoch)
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        if self.dynamics_enabled:
+            self._dynamics().maybe_run(epoch, model)
+
+    def post_validate(self, model, stats, agg):
+        parent = getattr(super(), "post_validate", None)
+        if parent is not None:
+            parent(model, stats, agg)
+        if self._dyn is not None:
+            self._dyn.add_stats(stats)
+
+    def _dynamics(self):
+        if self._dyn is None:
+            from .dynamics_hooks import DynamicsState
+
+            self._dyn = DynamicsState(self)
+        return self._dyn
 
 
 def _cfg_get(cfg, key):
