@@ -55,7 +55,7 @@ fetch() {
 # ESCAPE=0 really turns escaping off and DASH_SPLITS=1 is tokenizer.perl -a. Unlike the
 # sacremoses CLI (which reads stdin with universal newlines, so a stray \r splits a line and
 # misaligns a parallel corpus), lines are split on \n only: N lines in, N lines out
-# (\r and other control characters are deleted as tokenizer.perl does). $JOBS processes.
+# (a \r is whitespace to the tokenizer, as to tokenizer.perl). $JOBS processes.
 MOSES_TOK_PY='
 import sys
 from sacremoses import MosesTokenizer
@@ -90,7 +90,7 @@ check_options() {
   if [ -f "$out/options" ] && [ "$(cat "$out/options")" != "$opts" ]; then
     die "$out was prepared with other options ($(cat "$out/options")); now: $opts. Use another --out or delete it"
   fi
-  echo "$opts" > "$out/options"
+  [ -f "$out/options" ] || { echo "$opts" > "$out/options.tmp.$$" && mv "$out/options.tmp.$$" "$out/options"; }
 }
 
 # clean_stale_tmp DIR: remove the *.tmp.PID / *.part leftovers of a killed run (done_or_run
