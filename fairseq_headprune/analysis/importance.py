@@ -1,10 +1,12 @@
 """Head importance I_h = E_x |∂L(x)/∂ξ_h| (Michel et al. 2019, eq. 2-3).
 
 One forward and one backward pass per batch, and only ∂L/∂ξ is computed: parameters
-are frozen for the pass, each attention module multiplies its heads' contexts by a gate
-of ones [query positions, batch, heads] that requires grad, and ``torch.autograd.grad``
-returns the gate gradients alone. Because sentence b's loss depends only on its own
-gate entries, gate.grad[t, b, h] = ∂L_b/∂ξ_{h,t,b}. Every granularity comes from that
+are frozen for the pass (no weight gradients), each attention module keeps the context
+it feeds to out_proj, and ``torch.autograd.grad`` returns the gradients of those
+contexts alone. A gate of ones ξ[t, b, h] on head h's context would have the gradient
+g[t, b, h] = Σ_d ctx[t,b,h,d] · ∂L/∂ctx[t,b,h,d] (the paper's eq. 3, Att_h(x)ᵀ∂L/∂Att_h(x)),
+and because sentence b's loss depends only on its own positions, g[t, b, h] =
+∂L_b/∂ξ_{h,t,b}. Every granularity comes from that
 one gradient:
 
 * ``token``    Σ_{t,b} |g[t,b,h]|          (the official MT code; t = the module's
@@ -49,12 +51,12 @@ def frozen_parameters(model):
 def gated(model):
     modules = attention_modules(model)
     for m in modules.values():
-        m.gate_heads, m.last_gate = True, None
+        m.gate_heads, m.last_context = True, None
     try:
         yield modules
     finally:
         for m in modules.values():
-            m.gate_heads, m.last_gate = False, None
+            m.gate_heads, m.last_context = False, None
 
 
 @dataclass
@@ -190,24 +192,30 @@ def _query_padding(model, sample) -> Dict[str, torch.Tensor]:
 
 def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
     """One forward + backward of ``loss_fn(model, sample)`` (default: summed token NLL
-    of the reference); returns ({(kind, layer): (grad [T,B,H_kept] or None, kept)},
-    finite)."""
+    of the reference); returns ({(kind, layer): (∂L/∂ξ [T,B,H_kept] float64 or None,
+    kept original heads)}, all finite). The gradient of a gate of ones is
+    Σ_d ctx · ∂L/∂ctx over each head's slice of the context fed to out_proj."""
     loss_fn = loss_fn or (lambda m, s: sentence_nll(m, s).sum())
     with frozen_parameters(model), gated(model) as modules, torch.enable_grad():
         loss = loss_fn(model, sample)
-        gates = [m.last_gate for m in modules.values()]
-        live = [g for g in gates if g is not None and g.numel() > 0]
-        grads = torch.autograd.grad(loss.float() * loss_scale, live, allow_unused=True) if live else []
-        it = iter(grads)
+        ctxs = {key: m.last_context for key, m in modules.items()
+                if m.last_context is not None and m.num_heads > 0}
+        keys = list(ctxs)
+        grads = torch.autograd.grad(loss.float() * loss_scale, [ctxs[k] for k in keys],
+                                    allow_unused=True) if keys else []
+        by_key = dict(zip(keys, grads))
         out, finite = {}, True
         for key, m in modules.items():
-            g = m.last_gate
-            gr = next(it) if (g is not None and g.numel() > 0) else None
-            if gr is not None:
-                gr = gr.double() / loss_scale
+            gr = None
+            if key in ctxs:
+                ctx = ctxs[key].detach()
+                g = by_key[key]
+                if g is None:  # the loss does not depend on this module
+                    g = torch.zeros_like(ctx)
+                T, B, _ = ctx.shape
+                gr = (ctx.double() * g.double()).view(T, B, m.num_heads, m.head_dim).sum(-1)
+                gr = gr / loss_scale
                 finite = finite and bool(torch.isfinite(gr).all())
-            elif g is not None and g.numel() > 0:
-                gr = torch.zeros_like(g, dtype=torch.float)
             out[key] = (gr, list(m.kept_heads))
     return out, finite
 

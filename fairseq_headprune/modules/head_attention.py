@@ -6,9 +6,10 @@ The paper's head mask ξ_h multiplies head h's context vector before ``out_proj`
 * ``head_mask`` (one float per *original* head, 1 = on) is that ξ. With no mask, no
   gate and no head removed, ``forward`` is fairseq's own, fast path included, so an
   untouched model computes exactly what stock fairseq computes.
-* ``gate_heads`` makes the next forward multiply each head's context by a tensor of
-  ones of shape [tgt_len, bsz, heads] that requires grad: one backward pass then gives
-  ∂L/∂ξ per query position, sentence and head (see analysis/importance.py).
+* ``gate_heads`` makes the forward keep the (masked) context fed to ``out_proj`` as
+  ``last_context`` [tgt_len, bsz, heads*d], in the autograd graph: one backward pass
+  then gives ∂L/∂ξ per query position, sentence and head as Σ_d ctx·∂L/∂ctx (the
+  gradient of a gate of ones; see analysis/importance.py).
 * ``remove_heads`` deletes the heads' rows of q/k/v (weights and biases) and columns of
   ``out_proj``. Any number of heads may be removed, all of them included (the module
   then outputs its ``out_proj`` bias). ``head_index`` (a buffer that exists only once
@@ -84,7 +85,7 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         self.kept_heads: List[int] = list(range(self.num_heads))  # original, 0-based
         self.register_buffer("head_mask", None, persistent=False)
         self.gate_heads = False
-        self.last_gate: Optional[Tensor] = None
+        self.last_context: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -231,27 +232,30 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         return out, weights
 
     def _scale_heads(self, ctx: Tensor) -> Tensor:
-        """ctx [T, B, heads*d] -> each head's slice times its mask and gate."""
+        """ctx [T, B, heads*d] -> each head's slice times its mask; with gate_heads,
+        remember the result for the importance pass."""
         mask = self._current_mask()
         if mask is None and not self.gate_heads:
             return ctx
         T, B, _ = ctx.shape
-        ctx = ctx.view(T, B, self.num_heads, self.head_dim)
         if mask is not None:
-            ctx = ctx * mask.to(ctx.dtype).view(1, 1, -1, 1)
+            ctx = ctx.view(T, B, self.num_heads, self.head_dim) * mask.to(ctx.dtype).view(1, 1, -1, 1)
+        ctx = ctx.reshape(T, B, self.inner_dim)
         if self.gate_heads:
-            gate = ctx.new_ones(T, B, self.num_heads, requires_grad=True)
-            self.last_gate = gate
-            ctx = ctx * gate.unsqueeze(-1)
-        return ctx.reshape(T, B, self.inner_dim)
+            # ξ = 1 changes nothing in the forward pass, so instead of multiplying by a
+            # gate we keep the context fed to out_proj: ∂L/∂ξ_h = Σ_d ctx_h · ∂L/∂ctx_h.
+            # (Below the first layer whose weights are frozen nothing requires grad, so
+            # the first gated context becomes a leaf; no gradient is lost by that.)
+            if not ctx.requires_grad:
+                ctx = ctx.detach().requires_grad_()
+            self.last_context = ctx
+        return ctx
 
     def _forward_no_heads(self, query, key, need_weights, need_head_weights):
         tgt_len, bsz, _ = query.shape
         out = query.new_zeros(tgt_len, bsz, self.out_proj.out_features)
         if self.out_proj.bias is not None:
             out = out + self.out_proj.bias
-        if self.gate_heads:
-            self.last_gate = query.new_ones(tgt_len, bsz, 0, requires_grad=True)
         weights = None
         if need_weights:
             src_len = key.size(0) if key is not None else tgt_len
