@@ -81,3 +81,18 @@ def trained_ckpt(data_dir, tmp_path_factory):
         shutil.rmtree(save, ignore_errors=True)
         train(data_dir, save, updates=900, user_dir=False)
     return ckpt
+
+
+def generate_lines(cmd):
+    """Run a fairseq-generate command; its hypotheses and references in id order."""
+    p = run(cmd)
+    hyp, ref = {}, {}
+    for line in p.stdout.splitlines():
+        if line.startswith("H-"):
+            i, _, text = line[2:].split("\t", 2)
+            hyp[int(i)] = text
+        elif line.startswith("T-"):
+            i, text = line[2:].split("\t", 1)
+            ref[int(i)] = text
+    ids = sorted(ref)
+    return [hyp[i] for i in ids], [ref[i] for i in ids]

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import sacrebleu
 
-from conftest import ROOT, run
+from conftest import ROOT, generate_lines, run
 from fairseq_headprune.analysis.curve import fractions, pruning_curve
 from fairseq_headprune.analysis.ranking import order_by_scores, take_with_floor
 from fairseq_headprune.heads import HeadSet
@@ -19,17 +19,8 @@ GEN = ["--cpu", "--beam", "3", "--remove-bpe", "--max-tokens", "4000", "--gen-su
 
 def generate_bleu(data, ckpt, *extra):
     """fairseq-generate, then sacrebleu (tokenize=none) on its H- and T- lines."""
-    p = run(["fairseq-generate", data, "--path", ckpt, *GEN, *USER, *extra])
-    hyp, ref = {}, {}
-    for line in p.stdout.splitlines():
-        if line.startswith("H-"):
-            i, _, text = line[2:].split("\t", 2)
-            hyp[int(i)] = text
-        elif line.startswith("T-"):
-            i, text = line[2:].split("\t", 1)
-            ref[int(i)] = text
-    ids = sorted(ref)
-    return sacrebleu.corpus_bleu([hyp[i] for i in ids], [[ref[i] for i in ids]], tokenize="none").score
+    hyps, refs = generate_lines(["fairseq-generate", data, "--path", ckpt, *GEN, *USER, *extra])
+    return sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,9 @@ import os
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
-from conftest import run
+from conftest import generate_lines, run
 from fairseq_headprune.heads import HeadSet
 from test_curve import GEN, USER
-
-
-def generate_lines(data, ckpt, *extra):
-    p = run(["fairseq-generate", data, "--path", ckpt, *GEN, *USER, *extra])
-    hyp, ref = {}, {}
-    for line in p.stdout.splitlines():
-        if line.startswith("H-"):
-            i, _, text = line[2:].split("\t", 2)
-            hyp[int(i)] = text
-        elif line.startswith("T-"):
-            i, text = line[2:].split("\t", 1)
-            ref[int(i)] = text
-    ids = sorted(ref)
-    return [hyp[i] for i in ids], [ref[i] for i in ids]
 
 
 def test_one_head_table(data_dir, trained_ckpt, tmp_path):
@@ -38,8 +24,9 @@ def test_one_head_table(data_dir, trained_ckpt, tmp_path):
     assert row["best_head"] == max(scores, key=lambda h: (scores[h], -h))
     others = HeadSet(("A", 2, h) for h in range(1, 5) if h != row["best_head"])
     assert HeadSet.parse(row["spec"], {"A": [4, 4]}) == others
-    base_h, refs = generate_lines(data_dir, trained_ckpt)
-    sys_h, _ = generate_lines(data_dir, trained_ckpt, "--mask-heads", row["spec"])
+    base_h, refs = generate_lines(["fairseq-generate", data_dir, "--path", trained_ckpt, *GEN, *USER])
+    sys_h, _ = generate_lines(["fairseq-generate", data_dir, "--path", trained_ckpt, *GEN, *USER,
+                                "--mask-heads", row["spec"]])
     metric = BLEU(tokenize="none", force=True)
     assert row["baseline"] == metric.corpus_score(base_h, [refs]).score
     assert row["score"] == metric.corpus_score(sys_h, [refs]).score == scores[row["best_head"]]
