@@ -20,6 +20,8 @@ Options:
   --bpe-merges N        BPE merge operations (default 10000, as fairseq)
   --joined-dictionary   one dictionary for both languages (fairseq's IWSLT example and the
                         paper's transformer_iwslt_de_en use separate ones: the default)
+  --dash-splits         tokenizer.perl -a (split hyphens as @-@). fairseq's script does not;
+                        the shared ../shared/data/iwslt14-test was tokenized with it
   --max-train N         keep only the first N training pairs after cleaning/splitting (default all)
   --max-test N          keep only the first N pairs of valid and of test (default all)
   --workers N           processes (default 1)
@@ -38,7 +40,7 @@ URL=http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
-SRC=de TGT=en LOCAL="" LOCAL_TOK="" OUT="" MERGES=10000 MAX_TRAIN=0 MAX_TEST=0 JOINED=0 JOBS=1
+SRC=de TGT=en LOCAL="" LOCAL_TOK="" OUT="" MERGES=10000 MAX_TRAIN=0 MAX_TEST=0 JOINED=0 DASH=0 JOBS=1
 while [ $# -gt 0 ]; do
   case $1 in
     --local) LOCAL=${2:?--local needs a path}; shift 2 ;;
@@ -48,6 +50,7 @@ while [ $# -gt 0 ]; do
     --tgt) TGT=${2:?}; shift 2 ;;
     --bpe-merges) MERGES=${2:?}; shift 2 ;;
     --joined-dictionary) JOINED=1; shift ;;
+    --dash-splits) DASH=1; shift ;;
     --max-train) MAX_TRAIN=${2:?}; shift 2 ;;
     --max-test) MAX_TEST=${2:?}; shift 2 ;;
     --workers) JOBS=${2:?}; shift 2 ;;
@@ -65,7 +68,7 @@ OUT=${OUT:-data/iwslt14.de-en}
 mkdir -p "$OUT"
 export JOBS
 input=raw; [ -n "$LOCAL_TOK" ] && input=tokenized
-check_options "$OUT" "input=$input src=$SRC tgt=$TGT merges=$MERGES joined=$JOINED max_train=$MAX_TRAIN max_test=$MAX_TEST"
+check_options "$OUT" "input=$input src=$SRC tgt=$TGT merges=$MERGES joined=$JOINED dash=$DASH max_train=$MAX_TRAIN max_test=$MAX_TEST"
 clean_stale_tmp "$OUT"
 LANGS="de en"
 TESTSETS="IWSLT14.TED.dev2010 IWSLT14.TEDX.dev2012 IWSLT14.TED.tst2010 IWSLT14.TED.tst2011 IWSLT14.TED.tst2012"
@@ -118,7 +121,7 @@ else
   done
   log "input: $ORIG"
 
-  # ---- tokenization (tokenizer.perl -l L, escaping on; lowercase.perl) ----
+  # ---- tokenization (tokenizer.perl -l L [-a], escaping on; lowercase.perl) ----
   mkdir -p "$OUT/tok"
   # fairseq: drop <url>/<talkid>/<keywords> lines, keep <title>/<description> text without tags.
   # Lowercasing here instead of after clean-corpus-n gives the same lines: it changes no
@@ -127,13 +130,13 @@ else
     LC_ALL=C grep -a -v '<url>' "$ORIG/train.tags.de-en.$1" | LC_ALL=C grep -a -v '<talkid>' \
       | LC_ALL=C grep -a -v '<keywords>' \
       | LC_ALL=C sed -e 's/<title>//g' -e 's/<\/title>//g' -e 's/<description>//g' -e 's/<\/description>//g' \
-      | moses_tok "$1" 1 1 0 > "$TMP_OUT"
+      | moses_tok "$1" 1 1 "$DASH" > "$TMP_OUT"
   }
   # fairseq: keep the <seg id> lines, strip the tags, map U+2019 to an apostrophe
   xml_tok() {
     LC_ALL=C grep -a '<seg id' "$ORIG/$2.de-en.$1.xml" \
       | LC_ALL=C sed -e 's/<seg id="[0-9]*">\s*//g' -e 's/\s*<\/seg>\s*//g' -e "s/’/'/g" \
-      | moses_tok "$1" 1 1 0 > "$TMP_OUT"
+      | moses_tok "$1" 1 1 "$DASH" > "$TMP_OUT"
   }
   for l in $LANGS; do
     log "tokenize train.tags.de-en.$l"

@@ -167,6 +167,7 @@ def test_iwslt14_from_wit3_folder(wit3, iwslt):
     assert len(tok_de) == len(de) + 2 * n_talks + len(BAD_PAIRS) + 1
     assert tok_de[-1] == "stray carriage return"          # one line, \r is whitespace
     assert not any("url" in x or "talkid" in x or "keywords" in x for x in tok_de)
+    assert "-" in " ".join(de) and "@-@" not in " ".join(tok_de)   # no -a, as fairseq's script
     # clean-corpus-n: recount independently on the tokenized pairs
     tok_en = lines(out / "tok" / "train.tags.en")
     kept = [(a, b) for a, b in zip(tok_de, tok_en) if a.split() and b.split()
@@ -237,6 +238,17 @@ def test_iwslt14_local_tok_killed_then_rerun(iwslt, tmp_path):
     b = load_bin(str(out / "bin"), "test", "de", "en")
     assert len(b["de"]) == len(b["en"]) == 150
     assert lines(out / "split" / "test.en") == lines(os.path.join(IWSLT_TEST, "test.en"))[:150]
+
+
+def test_shared_iwslt14_test_was_tokenized_with_dash_splits():
+    """Why --dash-splits exists: the shared IWSLT14 test set round-trips (detokenize, then
+    tokenize + lowercase) only with tokenizer.perl -a."""
+    from sacremoses import MosesDetokenizer, MosesTokenizer
+    ref = lines(os.path.join(IWSLT_TEST, "test.en"))[:300]
+    raw = [MosesDetokenizer("en").detokenize(x.replace(" @-@ ", "-").split(), unescape=True) for x in ref]
+    assert any("@-@" in x for x in ref)
+    assert tok("en", 1, 1, 1, raw) == ref
+    assert tok("en", 1, 1, 0, raw) != ref
 
 
 # ---------------------------------------------------------------- WMT14 en-fr
