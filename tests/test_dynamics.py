@@ -1,0 +1,256 @@
+"""Training dynamics inside fairseq-train (paper §6, Fig. 6): per-epoch lines equal an
+independent `fairseq-headprune curve` of that epoch's checkpoint, 2 gloo workers equal
+1 worker, resume neither repeats nor loses an epoch, fixed masks train with the heads
+off, the Hydra config runs, plot-dynamics draws.
+
+Runs on a tiny data dir (train = the 120 Multi30k valid pairs, valid = the 120 test
+pairs), fine-tuning the session's trained model, 1 thread per process."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_ARCH, run
+from fairseq_headprune.analysis import dynamics as dyn
+
+USER_DIR = os.path.join(ROOT, "fairseq_headprune")
+SENT, IMP_SENT, BEAM, BSZ = 16, 64, 2, 8
+DYN = ["--prune-curve-every-epoch", "--prune-curve-sentences", str(SENT), "--prune-curve-beam",
+       str(BEAM), "--prune-curve-importance-sentences", str(IMP_SENT), "--batch-size-valid", str(BSZ)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # 2 shared cores: threads only thrash
+    yield
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="module")
+def tiny(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tinydata")
+    for f in os.listdir(data_dir):
+        if f.startswith("dict."):
+            shutil.copy(os.path.join(data_dir, f), out / f)
+    for lang in ("de", "en"):
+        for ext in ("bin", "idx"):
+            shutil.copy(os.path.join(data_dir, f"valid.de-en.{lang}.{ext}"), out / f"train.de-en.{lang}.{ext}")
+            shutil.copy(os.path.join(data_dir, f"test.de-en.{lang}.{ext}"), out / f"valid.de-en.{lang}.{ext}")
+    return str(out)
+
+
+def train_cmd(tiny, init, save, *extra):
+    return ["fairseq-train", tiny, "--save-dir", str(save), "--task", "translation_headprune",
+            "--user-dir", USER_DIR, *TINY_ARCH, "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+            "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+            "--dropout", "0.1", "--max-tokens", "1000", "--cpu", "--seed", "1", "--no-progress-bar",
+            "--log-interval", "100", "--num-workers", "0", "--finetune-from-model", init, *DYN, *extra]
+
+
+def lines_of(save):
+    return dyn.read_lines(os.path.join(str(save), dyn.DEFAULT_FILE))
+
+
+def without_timing(lines):
+    return [{k: v for k, v in l.items() if k != "timing"} for l in lines]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tiny, trained_ckpt, tmp_path_factory):
+    save = tmp_path_factory.mktemp("dyn_a")
+    p = run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "2"))
+    return save, p.stderr + p.stdout
+
+
+def independent_curve(tiny, ckpt, out, step="0.1"):
+    """fairseq-headprune curve on a checkpoint, with the settings of the training run."""
+    run(["fairseq-headprune", "curve", tiny, "--path", str(ckpt), "--user-dir", USER_DIR,
+         "--task", "translation_headprune", "--cpu", "--gen-subset", "valid",
+         "--eval-max-sentences", str(SENT), "--beam", str(BEAM), "--max-len-a", "1.2",
+         "--max-len-b", "10", "--remove-bpe", "--max-tokens", "1000", "--batch-size", str(BSZ),
+         "--importance-subset", "train", "--importance-max-sentences", str(IMP_SENT),
+         "--importance-seed", "1", "--prune-step", step, "--results-dir", str(out)])
+    curve = json.loads((out / "curve.json").read_text())["curves"]["all"]
+    return curve, json.loads((out / "importance.json").read_text())
+
+
+def assert_same(line, curve, importance):
+    """A dynamics line equals an independent single-process evaluation."""
+    for kind in ("E", "A", "D"):
+        for mine, ref in zip(line["importance"][kind], importance[kind]):
+            assert mine == pytest.approx(ref, rel=1e-5, abs=1e-12)
+        for mine, ref in zip(line["importance"]["raw_sums"]["sentence"][kind],
+                             importance["raw_sums"]["sentence"][kind]):
+            assert mine == pytest.approx(ref, rel=1e-5, abs=1e-12)
+    assert line["importance"]["counts"]["sentences"] == importance["counts"]["sentences"] == IMP_SENT
+    ours = {p["fraction"]: p for p in line["curve"]}
+    for ref in curve:
+        p = ours[ref["fraction"]]
+        assert p["spec"] == ref["spec"]
+        assert p["bleu"] == pytest.approx(ref["bleu"], abs=1e-9)
+        assert p["sacrebleu"] == pytest.approx(ref["sacrebleu"], abs=1e-9)
+        assert p["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+
+
+def test_two_epochs_two_lines_equal_to_each_checkpoint(two_epochs, tiny, tmp_path):
+    save, log = two_epochs
+    lines = lines_of(save)
+    assert [l["epoch"] for l in lines] == [1, 2]
+    assert all(l["end_of_epoch"] and l["workers"] == 1 for l in lines)
+    assert [len(l["curve"]) for l in lines] == [11, 11]
+    assert [p["masked"] for p in lines[0]["curve"]] == [0, 2, 5, 7, 10, 12, 14, 17, 19, 22, 24]
+    assert lines[0]["updates"] < lines[1]["updates"]
+    for l in lines:
+        assert l["unpruned"]["bleu"] == l["curve"][0]["bleu"] > 5
+        assert l["eval_sentences"] == SENT
+    # every point of epoch 1, and the 0%/100% points of epoch 2, against its checkpoint
+    curve, importance = independent_curve(tiny, save / "checkpoint1.pt", tmp_path / "e1")
+    assert len(curve) == 11
+    assert_same(lines[0], curve, importance)
+    curve, importance = independent_curve(tiny, save / "checkpoint2.pt", tmp_path / "e2", step="1.0")
+    assert curve[0]["bleu"] == pytest.approx(lines[1]["unpruned"]["bleu"], abs=1e-9)
+    assert_same(lines[1], curve, importance)
+    # the checkpoint's task state holds every epoch's importance so far
+    state = torch.load(save / "checkpoint2.pt", map_location="cpu", weights_only=False)["task_state"]
+    hist = state["head_dynamics"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert hist[1]["E"] == lines[1]["importance"]["E"]
+    # logged: the figure and the overhead, and in fairseq's validation stats
+    assert "head dynamics (epoch 2): unpruned BLEU" in log and "% of the epoch" in log
+    assert "hd_bleu" in log and "hd_overhead" in log
+
+
+def test_resume_neither_repeats_nor_loses_an_epoch(two_epochs, tiny, trained_ckpt, tmp_path):
+    """fairseq-train's own resume is not bit-identical on this fairseq (plain runs, no
+    option: epoch-2 weights differ by ~1e-3 after a resume), so the resumed epoch 2 is
+    checked against its own checkpoint; epoch 1 against the uninterrupted run."""
+    ref = without_timing(lines_of(two_epochs[0]))
+    save = tmp_path / "b"
+    run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "1"))
+    assert without_timing(lines_of(save)) == ref[:1]
+    run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "2"))  # resumes checkpoint_last
+    resumed = without_timing(lines_of(save))
+    assert [l["epoch"] for l in resumed] == [1, 2] and resumed[0] == ref[0]
+    curve, importance = independent_curve(tiny, save / "checkpoint2.pt", tmp_path / "e2", step="1.0")
+    assert_same(resumed[1], curve, importance)
+    # killed while epoch 2 was being scored: its line is missing, checkpoint_last = epoch 1
+    path = save / dyn.DEFAULT_FILE
+    path.write_text(path.read_text().splitlines(keepends=True)[0])
+    shutil.copy(save / "checkpoint1.pt", save / "checkpoint_last.pt")
+    run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "2"))
+    assert without_timing(lines_of(save)) == resumed
+    # killed after the line of epoch 2 was written but before its checkpoint: no duplicate
+    shutil.copy(save / "checkpoint1.pt", save / "checkpoint_last.pt")
+    run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "2"))
+    assert without_timing(lines_of(save)) == resumed
+    state = torch.load(save / "checkpoint2.pt", map_location="cpu", weights_only=False)["task_state"]
+    assert [h["epoch"] for h in state["head_dynamics"]] == [1, 2]  # rebuilt from the file
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_workers_equal_one_worker(tiny, trained_ckpt, tmp_path):
+    save = tmp_path / "c"
+    port = free_port()
+    procs = []
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    try:
+        for rank in (0, 1):
+            cmd = train_cmd(tiny, trained_ckpt, save, "--max-epoch", "1",
+                            "--distributed-world-size", "2", "--distributed-rank", str(rank),
+                            "--distributed-no-spawn", "--distributed-backend", "gloo",
+                            "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+                            "--ddp-backend", "legacy_ddp",
+                            # else rank 0 broadcasts the loaded state as a pickle that
+                            # safe_checkpoints does not allow-list (DictConfig)
+                            "--load-checkpoint-on-all-dp-ranks")
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    lines = lines_of(save)
+    assert [l["epoch"] for l in lines] == [1] and lines[0]["workers"] == 2
+    assert "2 worker(s)" in outs[0]
+    curve, importance = independent_curve(tiny, save / "checkpoint1.pt", tmp_path / "one")
+    assert_same(lines[0], curve, importance)
+
+
+def test_fixed_mask_trains_with_the_head_off(tiny, trained_ckpt, tmp_path):
+    save = tmp_path / "m"
+    run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "1", "--mask-heads", "E:1:1",
+                  "--save-interval-updates", "1", "--prune-curve-step", "0.5"))
+    first = torch.load(save / "checkpoint_1_1.pt", map_location="cpu", weights_only=False)["model"]
+    last = torch.load(save / "checkpoint1.pt", map_location="cpu", weights_only=False)["model"]
+    w = "encoder.layers.0.self_attn.{}.weight"
+    d = 16  # head dim
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(first[w.format(proj)][:d], last[w.format(proj)][:d])  # head 1: frozen
+        assert not torch.equal(first[w.format(proj)][d:], last[w.format(proj)][d:])
+    assert torch.equal(first[w.format("out_proj")][:, :d], last[w.format("out_proj")][:, :d])
+    (line,) = lines_of(save)
+    assert line["fixed_masked"] == "E:1:1"
+    assert [p["masked"] for p in line["curve"]] == [0, 12, 23]  # 23 candidates
+    assert all("E:1:1" not in p["spec"].split() for p in line["curve"])
+
+
+def test_hydra_config_loads_and_trains(tiny, tmp_path):
+    save = tmp_path / "h"
+    run(["fairseq-hydra-train", "--config-dir", os.path.join(ROOT, "configs"),
+         "--config-name", "iwslt14_de_en_dynamics", f"task.data={tiny}", f"common.user_dir={USER_DIR}",
+         "common.cpu=true", f"checkpoint.save_dir={save}", f"hydra.run.dir={tmp_path}/hydra",
+         "model.encoder.layers=1", "model.decoder.layers=1", "model.encoder.embed_dim=32",
+         "model.decoder.embed_dim=32", "model.encoder.ffn_embed_dim=32", "model.decoder.ffn_embed_dim=32",
+         "model.encoder.attention_heads=2", "model.decoder.attention_heads=2", "optimization.max_epoch=1",
+         "dataset.max_tokens=1000", "dataset.batch_size_valid=8", "task.prune_curve_sentences=8",
+         "task.prune_curve_beam=1", "task.prune_curve_importance_sentences=16", "task.prune_curve_step=0.5"])
+    (line,) = lines_of(save)
+    assert len(line["curve"]) == 3 and line["settings"]["beam"] == 1
+    assert [len(r) for r in line["importance"]["E"]] == [2]
+
+
+def test_plot_dynamics(two_epochs, tmp_path):
+    save, _ = two_epochs
+    run(["fairseq-headprune", "plot-dynamics", str(save), "--out-dir", str(tmp_path)])
+    rows = (tmp_path / "dynamics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 22
+    first = rows[1].split(",")
+    assert first[:3] == ["1", str(lines_of(save)[0]["updates"]), "0.0"] and float(first[5]) == 1.0
+    for name in ("dynamics_by_epoch.png", "dynamics_by_level.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_merge_line_replaces_and_drops():
+    def line(epoch, updates, end=True):
+        return {"epoch": epoch, "updates": updates, "end_of_epoch": end, "v": (epoch, updates)}
+
+    lines = [line(1, 4), line(2, 8), line(3, 12)]
+    out = dyn.merge_line(lines, line(2, 8))
+    assert [l["epoch"] for l in out] == [1, 2, 3]
+    out = dyn.merge_line(lines, line(2, 8), drop_after_updates=4)  # restored epoch 1
+    assert [l["epoch"] for l in out] == [1, 2]
+    out = dyn.merge_line(lines, line(2, 6, end=False))
+    assert [(l["updates"], l["end_of_epoch"]) for l in out] == [(4, True), (6, False), (8, True), (12, True)]
+
+
+def test_gather_strings_single_worker():
+    w = dyn.SingleWorker()
+    assert dyn.gather_strings({1: "b ü", 0: "", 2: "c"}, 3, w) == ["", "b ü", "c"]
