@@ -20,5 +20,6 @@ from . import criterions, models, modules, tasks  # noqa: E402,F401
 from . import compat  # noqa: E402
 
 compat.patch_task_override()
+compat.patch_distributed_broadcast()
 from .errors import HeadPruneError  # noqa: E402,F401
 from .heads import HeadSet, HeadSpec  # noqa: E402,F401

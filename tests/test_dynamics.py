@@ -174,10 +174,7 @@ def test_two_gloo_workers_equal_one_worker(tiny, trained_ckpt, tmp_path):
                             "--distributed-world-size", "2", "--distributed-rank", str(rank),
                             "--distributed-no-spawn", "--distributed-backend", "gloo",
                             "--distributed-init-method", f"tcp://127.0.0.1:{port}",
-                            "--ddp-backend", "legacy_ddp",
-                            # else rank 0 broadcasts the loaded state as a pickle that
-                            # safe_checkpoints does not allow-list (DictConfig)
-                            "--load-checkpoint-on-all-dp-ranks")
+                            "--ddp-backend", "legacy_ddp")  # rank 0 broadcasts the state
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
         outs = [p.communicate(timeout=300)[0] for p in procs]
