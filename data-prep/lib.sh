@@ -26,18 +26,6 @@ done_or_run() {
 # read_text IN: print a text file, gunzipping .gz
 read_text() { case "$1" in *.gz) gzip -dc "$1" ;; *) cat "$1" ;; esac; }
 
-# moses_tokenize LANG LOWERCASE(0|1) ESCAPE(0|1) < in > out  (sacremoses = Moses tokenizer)
-moses_tokenize() {
-  local lang=$1 lower=$2 escape=$3 flags=""
-  [ "$escape" = 1 ] && flags="-x"
-  if [ "$lower" = 1 ]; then
-    sacremoses -q -l "$lang" -j "${JOBS:-1}" tokenize $flags | python3 -c 'import sys
-for line in sys.stdin: sys.stdout.write(line.lower())'
-  else
-    sacremoses -q -l "$lang" -j "${JOBS:-1}" tokenize $flags
-  fi
-}
-
 # fetch URL OUT: download unless OUT exists (atomic)
 fetch() {
   local url=$1 out=$2

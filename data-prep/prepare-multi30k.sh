@@ -48,11 +48,8 @@ OUT=${OUT:-data/multi30k.$SRC-$TGT}
 mkdir -p "$OUT/raw" "$OUT/tok"
 export JOBS
 # Finished steps are reused only for the same options.
-opts="src=$SRC tgt=$TGT merges=$MERGES max_train=$MAX_TRAIN max_test=$MAX_TEST lower=$LOWER ood=$OOD"
-if [ -f "$OUT/options" ] && [ "$(cat "$OUT/options")" != "$opts" ]; then
-  die "$OUT was prepared with other options ($(cat "$OUT/options")); use another --out or delete it"
-fi
-echo "$opts" > "$OUT/options"
+check_options "$OUT" "src=$SRC tgt=$TGT merges=$MERGES max_train=$MAX_TRAIN max_test=$MAX_TEST lower=$LOWER ood=$OOD"
+clean_stale_tmp "$OUT"
 
 default_local="$here/../../shared/data/multi30k"
 if [ -z "$LOCAL" ] && [ -d "$default_local" ]; then LOCAL=$default_local; fi
@@ -69,10 +66,9 @@ for split in $SPLITS; do
 done
 
 cut_lines() {  # cut_lines SPLIT: honour --max-train / --max-test
-  local n=$MAX_TEST; [ "$1" = train ] && n=$MAX_TRAIN
-  if [ "$n" -gt 0 ]; then awk -v n="$n" 'NR <= n'; else cat; fi  # awk reads all: no SIGPIPE
+  if [ "$1" = train ]; then first_lines "$MAX_TRAIN"; else first_lines "$MAX_TEST"; fi
 }
-tok_step() { read_text "$OUT/raw/$1.$2.gz" | cut_lines "$1" | moses_tokenize "$2" "$LOWER" 0 > "$TMP_OUT"; }
+tok_step() { read_text "$OUT/raw/$1.$2.gz" | cut_lines "$1" | moses_tok "$2" "$LOWER" 0 0 > "$TMP_OUT"; }
 for split in $SPLITS; do
   for l in $SRC $TGT; do
     log "tokenize $split.$l"
