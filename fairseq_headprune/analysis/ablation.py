@@ -45,7 +45,7 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -438,7 +438,8 @@ class Sweep:
             mark = " *" if rec["significant"] else ""
             self.log(f"[{len(obj['heads'])}/{total}] {rec['spec']:8s} {ev.metric} "
                      f"{score:.2f} delta {delta:+.2f} p {p:.4f}{mark}")
-            if check_stop and self.stop_after is not None and finished_here >= self.stop_after:
+            if (check_stop and self.stop_after is not None and finished_here >= self.stop_after
+                    and len(obj["heads"]) < total):
                 raise Interrupted(f"{STOP_AFTER_ENV}={self.stop_after}")
 
         total = len(obj["heads"]) + len(todo)

@@ -231,7 +231,6 @@ def _run(args, ab, stop_after, pool) -> int:
     def on_signal(signum, frame):
         raise ab.Interrupted(signal.Signals(signum).name, signum)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     # Every decoder (and its generator) is built before anything is decoded: fairseq's
     # post-processing adds the words it prints to the target dictionary
     # (encode_line(add_if_not_exist=True)), and a generator built after that would take
@@ -248,21 +247,26 @@ def _run(args, ab, stop_after, pool) -> int:
             evaluators.append(ab.DecodeEvaluator(dec, args.metric, ctx.target_lang,
                                                  args.bootstrap_samples, args.bootstrap_seed,
                                                  pool))
+    sweeps = []
+    for i, (s, ev) in enumerate(zip(sets, evaluators)):
+        stem = file_stem(args.metric, i, s.label)
+        sweeps.append(ab.Sweep(
+            model=model, evaluator=ev, heads=heads, path=ctx.path(stem + ".json"),
+            settings=settings_for(ctx, args, s, base_mask, removed),
+            meta=ctx.meta(subset=s.subset, label=s.label, kinds=args.kinds,
+                          heads=args.heads, metric=args.metric),
+            shape=shape, base_mask=base_mask, alpha=args.alpha, overwrite=args.overwrite,
+            hyps_dir=None if args.no_save_hyps else ctx.path(stem + "_hyps"),
+            stop_after=stop_after))
+        # refuse mismatched earlier results of any set before decoding anything
+        ab.load_results(sweeps[-1].path, sweeps[-1].settings, args.overwrite)
     paths = []
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for i, (s, ev) in enumerate(zip(sets, evaluators)):
+        for i, (s, ev, sweep) in enumerate(zip(sets, evaluators, sweeps)):
             stem = file_stem(args.metric, i, s.label)
             logger.info(f"ablating {len(heads)} heads on {s.subset} ({s.data}, "
-                        f"{ev.n_sentences} sentences) -> {ctx.path(stem + '.json')}")
-            sweep = ab.Sweep(
-                model=model, evaluator=ev, heads=heads, path=ctx.path(stem + ".json"),
-                settings=settings_for(ctx, args, s, base_mask, removed),
-                meta=ctx.meta(subset=s.subset, label=s.label, kinds=args.kinds,
-                              heads=args.heads, metric=args.metric),
-                shape=shape, base_mask=base_mask, alpha=args.alpha,
-                overwrite=args.overwrite,
-                hyps_dir=None if args.no_save_hyps else ctx.path(stem + "_hyps"),
-                stop_after=stop_after)
+                        f"{ev.n_sentences} sentences) -> {sweep.path}")
             obj = sweep.run()
             paths.append(sweep.path)
             rep.write_ablation_reports(sweep.path)
