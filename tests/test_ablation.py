@@ -81,7 +81,8 @@ def test_delta_and_p_value_equal_fairseq_generate_and_sacrebleu(data_dir, traine
     shape_heads = [(k, l, h) for k in "EAD" for l in (1, 2) for h in range(1, 5)]
     heads = random.Random(2024).sample(shape_heads, 2)
     spec = " ".join(f"{k}:{l}:{h}" for k, l, h in heads)
-    ablate(data_dir, trained_ckpt, tmp_path, "--heads", spec)
+    # one bootstrap worker process (the default where there are more than 2 CPUs)
+    ablate(data_dir, trained_ckpt, tmp_path, "--heads", spec, "--bootstrap-workers", "1")
     obj = load(tmp_path / "ablation.json")
     assert obj["complete"] and [(r["kind"], r["layer"], r["head"]) for r in obj["heads"]] == \
         sorted(heads, key=lambda t: ("EAD".index(t[0]), t[1], t[2]))

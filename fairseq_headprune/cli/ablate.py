@@ -58,9 +58,10 @@ def add_args(group):
                        help="paired bootstrap resamples (default 1000)")
     group.add_argument("--bootstrap-seed", type=int, default=12345, metavar="SEED",
                        help="paired bootstrap seed, non-zero (default 12345, sacrebleu's)")
-    group.add_argument("--bootstrap-workers", type=int, default=1, metavar="N",
+    group.add_argument("--bootstrap-workers", type=int, default=None, metavar="N",
                        help="processes running bootstraps while the next head decodes "
-                            "(0: inline; default 1)")
+                            "(0: inline; default 1 on machines with more than 2 CPUs, else 0: "
+                            "there a worker slows the decoding more than it saves)")
     group.add_argument("--max-eval-sentences", type=int, default=None, metavar="N",
                        help="evaluate only the first whole batches holding at least N "
                             "sentences (fast checks)")
@@ -182,6 +183,8 @@ def check_args(args):
         raise HeadPruneError(f"--bootstrap-samples {args.bootstrap_samples} must be at least 1")
     if args.bootstrap_seed == 0:
         raise HeadPruneError("--bootstrap-seed 0 means 'unseeded' to sacrebleu (use a non-zero seed)")
+    if args.bootstrap_workers is None:
+        args.bootstrap_workers = 1 if (os.cpu_count() or 1) > 2 else 0
     if args.bootstrap_workers < 0:
         raise HeadPruneError(f"--bootstrap-workers {args.bootstrap_workers} must be 0 or more")
     if args.max_eval_sentences is not None and args.max_eval_sentences < 1:
@@ -206,8 +209,7 @@ def run(args) -> int:
     stop_after = check_args(args)
     decode = args.metric != "loss"
     # the bootstrap worker starts before the model loads (see BootstrapPool)
-    workers = args.bootstrap_workers if decode and (os.cpu_count() or 1) > 1 else 0
-    pool = ab.BootstrapPool(workers) if decode else None
+    pool = ab.BootstrapPool(args.bootstrap_workers) if decode else None
     try:
         return _run(args, ab, stop_after, pool)
     finally:
