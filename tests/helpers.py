@@ -30,7 +30,6 @@ def build(data_dir, task="translation_headprune", arch="transformer_iwslt_de_en"
 
 
 def load(ckpt, data_dir, task="translation_headprune", **task_overrides):
-    overrides = {"data": data_dir, **task_overrides}
     parser = options.get_generation_parser()
     args = options.parse_args_and_arch(parser, [data_dir, "--task", task, "--path", ckpt])
     for k, v in task_overrides.items():

@@ -113,7 +113,6 @@ def test_mask_is_a_multiplicative_gate_on_one_module():
         kpm = None if kind == "self" else pad
         xi = torch.tensor([1.0, 0.0, 0.3, 1.0])
         stock.skip_embed_dim_check = True
-        captured = {}
         stock.out_proj.register_forward_pre_hook(
             lambda m, i: (i[0] * xi.repeat_interleave(4),))
         exp, _ = stock(x, key, key, key_padding_mask=kpm, static_kv=kind == "encdec")

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, TINY_ARCH, run, train
+from conftest import ROOT, run, train
 
 USER = ["--user-dir", os.path.join(ROOT, "fairseq_headprune"), "--task", "translation_headprune"]
 

@@ -243,7 +243,7 @@ def test_iwslt14_local_tok_killed_then_rerun(iwslt, tmp_path):
 def test_shared_iwslt14_test_was_tokenized_with_dash_splits():
     """Why --dash-splits exists: the shared IWSLT14 test set round-trips (detokenize, then
     tokenize + lowercase) only with tokenizer.perl -a."""
-    from sacremoses import MosesDetokenizer, MosesTokenizer
+    from sacremoses import MosesDetokenizer
     ref = lines(os.path.join(IWSLT_TEST, "test.en"))[:300]
     raw = [MosesDetokenizer("en").detokenize(x.replace(" @-@ ", "-").split(), unescape=True) for x in ref]
     assert any("@-@" in x for x in ref)

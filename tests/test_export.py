@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, TINY_ARCH, run, train
+from conftest import ROOT, train
 
 USER = ["--user-dir", os.path.join(ROOT, "fairseq_headprune"), "--task", "translation_headprune"]
 SPEC = "E:1:1,3 A:2:* D:1:2-4"

@@ -16,7 +16,7 @@ from fairseq_headprune.analysis.importance import (
 )
 from fairseq_headprune.criterions import sentence_nll
 from fairseq_headprune.heads import HeadSet
-from fairseq_headprune.models import attention_modules, model_head_shape, remove_heads
+from fairseq_headprune.models import attention_modules, remove_heads
 from helpers import batch, build
 
 

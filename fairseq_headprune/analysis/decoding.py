@@ -7,6 +7,7 @@ fairseq-generate prints its H- and T- lines (same batching, same --remove-bpe, s
 --tokenizer/--bpe decoding), so scores equal fairseq-generate + sacrebleu.
 """
 
+import copy
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -80,7 +81,11 @@ class SubsetDecoder:
         self.batches = batches if batches is not None else limit_sentences(
             batches_for(cfg, task, [model], subset), max_sentences)
         self.generator = task.build_generator([model], cfg.generation)
-        self.tgt_dict = task.target_dictionary
+        # fairseq's post_process_prediction adds the words it prints to the dictionary
+        # it is given (encode_line(add_if_not_exist=True)): post-process with a copy, so
+        # that the task's dictionary, and the vocabulary size of the next generator
+        # built from it, never change.
+        self.tgt_dict = copy.deepcopy(task.target_dictionary)
         self.tokenizer = task.build_tokenizer(cfg.tokenizer)
         self.bpe = task.build_bpe(cfg.bpe)
         self.use_cuda = next(model.parameters()).is_cuda

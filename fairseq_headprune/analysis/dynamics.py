@@ -37,7 +37,6 @@ Results: ``head_dynamics.jsonl`` in the save dir, one JSON object per line, sort
 updates; see ``merge_line`` for how resumed runs keep it free of duplicates.
 """
 
-import copy
 import json
 import os
 import random
@@ -226,12 +225,7 @@ class CurveEvaluator:
         gen.max_len_a, gen.max_len_b = settings.max_len_a, settings.max_len_b
         cfg = SimpleNamespace(generation=gen, tokenizer=None, bpe=None,
                               common_eval=SimpleNamespace(post_process=settings.remove_bpe))
-        # fairseq's post_process_prediction adds de-BPE'd words to the target dictionary
-        # (encode_line(add_if_not_exist=True)): decode with a copy, so that the training
-        # task's dictionary, and the next generator's vocabulary size, stay as they are
-        dec_task = copy.copy(task)
-        dec_task.tgt_dict = copy.deepcopy(task.target_dictionary)
-        self.decoder = SubsetDecoder(cfg, dec_task, model, settings.subset, batches=self.batches)
+        self.decoder = SubsetDecoder(cfg, task, model, settings.subset, batches=self.batches)
         self.use_cuda = self.decoder.use_cuda
         self.refs: Optional[List[str]] = None
         self.cache: Dict[HeadSet, Dict] = {}

@@ -371,7 +371,6 @@ def format_table(rows):
 def main(argv):
     import torch
 
-    from .. import __version__  # noqa: F401
     from ..analysis.export import select_least_important
     from ..analysis.ranking import load_importance
     from ..heads import HeadSpec, parse_kinds, shape_total

@@ -12,7 +12,7 @@ import os
 
 from ..analysis.curve import ablation_order, fractions, importance_order, pruning_curve
 from ..analysis.decoding import sentence_losses
-from ..analysis.ranking import check_fits, load_importance, random_order
+from ..analysis.ranking import load_importance, random_order
 from ..analysis.scoring import score
 from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSpec, parse_kinds

@@ -1,7 +1,6 @@
 """PNG plots with matplotlib (Agg backend), written atomically."""
 
 import io
-import os
 from typing import Dict, List, Optional, Sequence
 
 from ..results import atomic_write
