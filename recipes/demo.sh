@@ -8,8 +8,9 @@
 set -euo pipefail
 usage() {
   cat <<EOF
-usage: $(basename "$0") [--quick] [--out DIR] [--data DIR] [--cpu-threads N]
+usage: $(basename "$0") [--quick|--tiny] [--out DIR] [--data DIR]
   --quick        ~5 minutes: less data, a shorter training, coarser curves
+  --tiny         a smoke test of every stage (CI), well under a minute of work
   --out DIR      work folder (default: runs/demo or runs/demo-quick)
   --data DIR     Multi30k raw folder (default: ../shared/data/multi30k, else download)
 Default (~20 minutes on 2 cores): 29k training pairs, ~8 minutes of training.
@@ -17,10 +18,11 @@ EOF
 }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-QUICK=0 OUT="" DATA_RAW=""
+QUICK=0 TINY=0 OUT="" DATA_RAW=""
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
+    --tiny) TINY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --data) DATA_RAW=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -31,12 +33,19 @@ step() { echo; echo "=== [demo] $*"; }
 fail() { echo "demo.sh: error: $*" >&2; exit 1; }
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
 
-if [ "$QUICK" = 1 ]; then
+# ABLATE: the heads to ablate one at a time; EVAL: sentences each ablation decodes.
+if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
+  OUT=${OUT:-runs/demo-tiny}; MAX_TRAIN=500; MERGES=500; MAX_TEST=30
+  UPDATES=30; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
+  BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0)
+elif [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=200
-  UPDATES=500; STEP=0.25; DIM=64; ABLATE_KINDS=A
+  UPDATES=500; STEP=0.25; DIM=64; ABLATE="A:5-6:*"; EVAL=100; KINDS_1H=A
+  BENCH=(--batch-sizes 1,16 --beams 1,5 --bench-sentences 32 --repeats 3)
 else
   OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
-  UPDATES=2500; STEP=0.1; DIM=128; ABLATE_KINDS=A
+  UPDATES=2500; STEP=0.1; DIM=128; ABLATE="A:*:*"; EVAL=200; KINDS_1H=E,A,D
+  BENCH=(--batch-sizes 1,4,16,64 --beams 1,5 --bench-sentences 64 --repeats 3)
 fi
 mkdir -p "$OUT"
 DATA="$OUT/data"; CKPT_DIR="$OUT/checkpoints"; RES="$OUT/results"
@@ -100,17 +109,21 @@ step "5/9 pruning curves: E, A, D and all kinds (importance order)"
 "${HP[@]}" curve "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
   --importance "$RES/importance.json" --per-kind --prune-step "$STEP"
 
-step "6/9 keep only the best head per layer (paper Table 2)"
-"${HP[@]}" one-head "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --gen-subset valid
+step "6/9 keep only the best head per layer, $KINDS_1H (paper Table 2)"
+"${HP[@]}" one-head "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
+  --kinds "$KINDS_1H" --max-eval-sentences "$EVAL"
 
-step "7/9 single-head ablation of $ABLATE_KINDS heads with paired bootstrap (paper Table 1)"
-"${HP[@]}" ablate "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --kinds "$ABLATE_KINDS"
+step "7/9 single-head ablation of $ABLATE with paired bootstrap (paper Table 1)"
+"${HP[@]}" ablate "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --heads "$ABLATE" \
+  --max-eval-sentences "$EVAL"
 
-step "8/9 export: remove 50% of the heads by importance; speed"
+step "8/9 export: remove 50% of the heads by importance; speed of full, masked, removed"
 [ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$DATA/bin" --path "$CKPT" --cpu \
   --results-dir "$RES" --prune-ratio 0.5 --importance "$RES/importance.json" --out "$RES/pruned50.pt"
+fairseq-generate "$DATA/bin" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
+  --task translation_headprune "${GEN[@]}" 2>/dev/null | tail -n 1 | sed 's/^/pruned50.pt: /'
 "${HP[@]}" bench "$DATA/bin" --path "$CKPT" --cpu --results-dir "$RES" \
-  --prune-heads "@$RES/pruned50.spec.json" --gen-subset test
+  --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
 
 step "9/9 report"
 "${HP[@]}" report "$RES"

@@ -76,7 +76,7 @@ def independent_curve(tiny, ckpt, out, step="0.1"):
     """fairseq-headprune curve on a checkpoint, with the settings of the training run."""
     run(["fairseq-headprune", "curve", tiny, "--path", str(ckpt), "--user-dir", USER_DIR,
          "--task", "translation_headprune", "--cpu", "--gen-subset", "valid",
-         "--eval-max-sentences", str(SENT), "--beam", str(BEAM), "--max-len-a", "1.2",
+         "--max-eval-sentences", str(SENT), "--beam", str(BEAM), "--max-len-a", "1.2",
          "--max-len-b", "10", "--remove-bpe", "--max-tokens", "1000", "--batch-size", str(BSZ),
          "--importance-subset", "train", "--importance-max-sentences", str(IMP_SENT),
          "--importance-seed", "1", "--prune-step", step, "--results-dir", str(out)])

@@ -23,7 +23,7 @@ from .importance import add_importance_args, estimate, importance_json, write_im
 
 
 def add_eval_args(group):
-    group.add_argument("--eval-max-sentences", type=int, default=None, metavar="N",
+    group.add_argument("--max-eval-sentences", type=int, default=None, metavar="N",
                        help="score only the first N sentences of --gen-subset")
 
 
@@ -98,7 +98,7 @@ def settings(args, curve_names):
             "order_seed": args.order_seed, "reestimate": args.reestimate,
             "min_heads_per_layer": args.min_heads_per_layer, "step": args.prune_step,
             "curves": curve_names, "subset": args.gen_subset, "path": os.path.abspath(args.path),
-            "eval_max_sentences": args.eval_max_sentences, "beam": args.beam, "lenpen": args.lenpen,
+            "max_eval_sentences": args.max_eval_sentences, "beam": args.beam, "lenpen": args.lenpen,
             "importance_subset": args.importance_subset,
             "importance_granularity": args.importance_granularity}
 
@@ -129,7 +129,7 @@ def main(argv):
         logger.info(f"resuming {out_json}: {sum(len(c) for c in curves.values())} points done")
     os.makedirs(ctx.path("specs"), exist_ok=True)
     exclude = removed_heads(ctx.model)
-    evaluate, _ = make_evaluator(ctx, args.gen_subset, args.eval_max_sentences)
+    evaluate, _ = make_evaluator(ctx, args.gen_subset, args.max_eval_sentences)
     meta = ctx.meta()
 
     def reestimate(masked):

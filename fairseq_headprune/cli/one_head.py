@@ -57,12 +57,12 @@ def main(argv):
     select = args.select_subset or args.gen_subset
     ctx = Context(args)
     lang = ctx.target_lang
-    evaluate = CachedTranslator(ctx, args.gen_subset, args.eval_max_sentences)
-    chooser = evaluate if select == args.gen_subset else CachedTranslator(ctx, select, args.eval_max_sentences)
+    evaluate = CachedTranslator(ctx, args.gen_subset, args.max_eval_sentences)
+    chooser = evaluate if select == args.gen_subset else CachedTranslator(ctx, select, args.max_eval_sentences)
     settings = {"path": os.path.abspath(args.path), "subset": args.gen_subset, "select_subset": select,
                 "metric": args.metric, "kinds": list(kinds), "beam": args.beam, "lenpen": args.lenpen,
                 "bootstrap_samples": args.bootstrap_samples, "bootstrap_seed": args.bootstrap_seed,
-                "alpha": args.alpha, "eval_max_sentences": args.eval_max_sentences}
+                "alpha": args.alpha, "max_eval_sentences": args.max_eval_sentences}
     out = ctx.path("one_head.json")
     rows = []
     if os.path.exists(out) and not args.overwrite:

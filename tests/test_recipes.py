@@ -1,0 +1,84 @@
+"""Every recipe runs end to end in its tiny mode on local data, so a broken script
+fails CI: the demo (Multi30k), the IWSLT14 dynamics recipe (--local-tok) and the WMT14
+analysis (a stand-in for the pretrained model: same architecture, small dimensions)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import ROOT, SHARED, run
+from test_data_prep import flores, wmt_inputs, write  # noqa: F401  (fixture)
+
+
+def recipe(name, *args):
+    return run(["bash", os.path.join(ROOT, "recipes", name), *map(str, args)])
+
+
+def test_demo_tiny(tmp_path):
+    out = tmp_path / "demo"
+    p = recipe("demo.sh", "--tiny", "--out", out)
+    assert "masked and pruned hypotheses are identical" in p.stdout
+    res = out / "results"
+    report = (res / "report.md").read_text()
+    for section in ("Head importance", "Pruning curves", "Keeping one head per layer",
+                    "Single-head ablation", "Exported pruned checkpoints", "Speed"):
+        assert f"## {section}" in report, section
+    curve = json.loads((res / "curve.json").read_text())
+    assert set(curve["curves"]) == {"E", "A", "D", "all"}
+    assert f"| 0 | {curve['curves']['all'][0]['bleu']:.2f} |" in report
+    # re-running skips what is done and still succeeds
+    again = recipe("demo.sh", "--tiny", "--out", out)
+    assert "skip (done)" in again.stdout + again.stderr
+
+
+def test_iwslt14_dynamics_tiny(tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    test = {lang: open(os.path.join(SHARED, "iwslt14-test", f"test.{lang}"), encoding="utf-8")
+            .read().splitlines() for lang in ("de", "en")}
+    for lang in ("de", "en"):  # a tiny stand-in of fairseq's tokenized IWSLT14 folder
+        write(str(tok / f"train.{lang}"), test[lang][:400])
+        write(str(tok / f"valid.{lang}"), test[lang][400:440])
+        write(str(tok / f"test.{lang}"), test[lang][440:480])
+    out = tmp_path / "iwslt"
+    recipe("iwslt14-de-en-dynamics.sh", "--tiny", "--local-tok", tok, "--out", out)
+    lines = (out / "checkpoints" / "head_dynamics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert (out / "results" / "dynamics_by_epoch.png").exists()
+    assert "## Training dynamics" in (out / "results" / "report.md").read_text()
+
+
+def test_wmt14_analysis_tiny(wmt_inputs, tmp_path):  # noqa: F811
+    # 1. a stand-in checkpoint: transformer_vaswani_wmt_en_fr_big, small dimensions,
+    #    trained a few updates by stock fairseq on the stand-in data's dictionary
+    model = tmp_path / "model"
+    shutil.copytree(wmt_inputs / "model", model)
+    os.unlink(model / "model.pt")
+    pre = tmp_path / "pre"
+    run(["bash", os.path.join(ROOT, "data-prep", "prepare-wmt14-en-fr.sh"), "--local-model", str(model),
+         "--local-tests", str(wmt_inputs / "tests"), "--out", str(pre)])
+    run(["fairseq-train", str(pre / "bin"), "--task", "translation", "--arch",
+         "transformer_vaswani_wmt_en_fr_big", "--share-all-embeddings", "--encoder-layers", "2",
+         "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+         "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+         "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--optimizer", "adam",
+         "--lr", "1e-3", "--max-tokens", "2000", "--max-update", "3", "--criterion", "cross_entropy",
+         "--save-dir", str(tmp_path / "ckpt"), "--cpu", "--no-epoch-checkpoints", "--train-subset", "valid",
+         "--valid-subset", "test"])
+    shutil.copy(tmp_path / "ckpt" / "checkpoint_last.pt", model / "model.pt")
+    mtnt = tmp_path / "mtnt"
+    mtnt.mkdir()
+    for lang in ("en", "fr"):
+        write(str(mtnt / f"test.{lang}"), flores(lang, 600, 20))
+    # 2. the recipe, offline
+    out = tmp_path / "wmt"
+    recipe("wmt14-en-fr-analysis.sh", "--tiny", "--cpu", "--local-model", model,
+           "--local-tests", wmt_inputs / "tests", "--local-mtnt", mtnt, "--out", out)
+    res = out / "results"
+    report = (res / "report.md").read_text()
+    for section in ("Head importance", "Pruning curves", "Single-head ablation",
+                    "Cross-domain comparison", "Exported pruned checkpoints", "Speed"):
+        assert f"## {section}" in report, section
+    assert (res / "pruned40.pt").exists() and (res / "ablation.test1.json").exists()
