@@ -213,8 +213,10 @@ def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
                 if g is None:  # the loss does not depend on this module
                     g = torch.zeros_like(ctx)
                 T, B, _ = ctx.shape
-                gr = (ctx.double() * g.double()).view(T, B, m.num_heads, m.head_dim).sum(-1)
-                gr = gr / loss_scale
+                # product in the model's precision (fp16 in fp32), the small sum in float64
+                dtype = torch.float32 if ctx.dtype == torch.float16 else ctx.dtype
+                gr = (ctx.to(dtype) * g.to(dtype)).view(T, B, m.num_heads, m.head_dim).sum(-1)
+                gr = gr.double() / loss_scale
                 finite = finite and bool(torch.isfinite(gr).all())
             out[key] = (gr, list(m.kept_heads))
     return out, finite
