@@ -159,27 +159,12 @@ def parameter_summary(before: dict, after: dict, heads_before: Optional[dict] = 
         return {"fraction": removed / total, "exact": f"{removed}/{total}",
                 "reduced": f"{f.numerator}/{f.denominator}"}
 
-    out = {
-        "total": {"before": before["total"], "after": after["total"],
-                  "removed": before["total"] - after["total"],
-                  "share_removed": share(before["total"] - after["total"], before["total"])},
-        "attention": {},
-        "heads": {},
-    }
-    all_b = sum(before["attention"].values())
-    all_a = sum(after["attention"].values())
-    out["attention"]["all"] = {"before": all_b, "after": all_a, "removed": all_b - all_a,
-                               "share_removed": share(all_b - all_a, all_b)}
-    for kind in before["attention"]:
-        b, a = before["attention"][kind], after["attention"][kind]
-        out["attention"][kind] = {"before": b, "after": a, "removed": b - a,
-                                  "share_removed": share(b - a, b)}
-    hb_all = sum(before["heads"].values())
-    ha_all = sum(after["heads"].values())
-    out["heads"]["all"] = {"before": hb_all, "after": ha_all, "removed": hb_all - ha_all,
-                           "share_removed": share(hb_all - ha_all, hb_all)}
-    for kind in before["heads"]:
-        b, a = before["heads"][kind], after["heads"][kind]
-        out["heads"][kind] = {"before": b, "after": a, "removed": b - a,
-                              "share_removed": share(b - a, b)}
+    def row(b, a):
+        return {"before": b, "after": a, "removed": b - a, "share_removed": share(b - a, b)}
+
+    out = {"total": row(before["total"], after["total"]), "attention": {}, "heads": {}}
+    for part in ("attention", "heads"):
+        out[part]["all"] = row(sum(before[part].values()), sum(after[part].values()))
+        for kind in before[part]:
+            out[part][kind] = row(before[part][kind], after[part][kind])
     return out

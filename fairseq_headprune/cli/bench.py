@@ -38,14 +38,9 @@ def _int_list(text, what):
 
 
 def add_args(group):
-    group.add_argument("--prune-ratio", type=float, default=None, metavar="R",
-                       help="remove/mask round(R x heads of --kinds) least important heads "
-                            "(needs --importance) instead of --prune-heads")
-    group.add_argument("--importance", default=None, metavar="FILE",
-                       help="importance file written by fairseq-headprune importance")
-    group.add_argument("--kinds", default="E,A,D", metavar="KINDS",
-                       help="attention kinds --prune-ratio chooses from")
-    group.add_argument("--min-heads-per-layer", type=int, default=0, metavar="N")
+    from .export import add_selection_args
+
+    add_selection_args(group)
     group.add_argument("--batch-sizes", default="1,4,16,64", metavar="LIST",
                        help="sentences per batch (default 1,4,16,64)")
     group.add_argument("--beams", default="1,5", metavar="LIST", help="beam sizes (default 1,5)")

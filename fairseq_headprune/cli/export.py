@@ -20,9 +20,8 @@ from ..errors import HeadPruneError
 logger = logging.getLogger("fairseq_headprune.export")
 
 
-def add_args(group):
-    group.add_argument("--out", required=True, metavar="NEW.pt",
-                       help="the checkpoint to write (its folder must exist)")
+def add_selection_args(group):
+    """--prune-ratio/--importance/--kinds/--min-heads-per-layer (export and bench)."""
     group.add_argument("--prune-ratio", type=float, default=None, metavar="R",
                        help="remove round(R x heads of --kinds) least important heads "
                             "(needs --importance); R in [0, 1]")
@@ -32,6 +31,12 @@ def add_args(group):
                        help="attention kinds --prune-ratio chooses from (E, A, D, all)")
     group.add_argument("--min-heads-per-layer", type=int, default=0, metavar="N",
                        help="with --prune-ratio: keep at least N heads in every module")
+
+
+def add_args(group):
+    group.add_argument("--out", required=True, metavar="NEW.pt",
+                       help="the checkpoint to write (its folder must exist)")
+    add_selection_args(group)
     group.add_argument("--no-verify", action="store_true",
                        help="skip reloading NEW.pt to check its shapes")
 

@@ -120,33 +120,42 @@ def _section_md(d, json_name, md_name, title, paper_key, images=()):
     return title, text, obj
 
 
-def _section_cross_domain(d):
-    files = sorted(glob.glob(os.path.join(d, "cross_domain*.json")))
+def _per_file(d, pattern, title, render, paper_key=None):
+    """One block per results file matching ``pattern`` (e.g. several cross-domain pairs
+    or several exports); the first file's provenance stands for the section."""
+    files = sorted(glob.glob(os.path.join(d, pattern)))
     if not files:
         return None
     text, first = [], None
     for path in files:
         obj = _read_json(path) or {}
         first = first or obj
-        r = {k: obj.get(k) for k in ("pearson", "spearman", "label_a", "label_b") if k in obj}
-        text.append(f"`{os.path.basename(path)}`: " + ", ".join(
-            f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}" for k, v in r.items()))
-        text.append(_img(d, os.path.basename(path)[:-5] + ".png"))
-    text.append(f"*Paper:* {PAPER['cross_domain']}")
-    return "Cross-domain comparison", text, first
+        text += render(d, path, obj)
+    if paper_key:
+        text.append(f"*Paper:* {PAPER[paper_key]}")
+    return title, text, first
+
+
+def _render_cross_domain(d, path, obj):
+    r = {k: obj[k] for k in ("a", "b", "metric", "n", "pearson", "spearman", "significant_only_a",
+                             "significant_only_b") if k in obj}
+    line = f"`{os.path.basename(path)}`: " + ", ".join(
+        f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}" for k, v in r.items())
+    return [line, _img(d, os.path.basename(path)[:-5] + ".png")]
+
+
+def _render_export(d, path, obj):
+    body = json.dumps({k: v for k, v in obj.items() if k != "meta"}, indent=1)[:3000]
+    return [f"`{os.path.basename(path)}`:\n\n```json\n{body}\n```"]
+
+
+def _section_cross_domain(d):
+    return _per_file(d, "cross_domain*.json", "Cross-domain comparison", _render_cross_domain,
+                     "cross_domain")
 
 
 def _section_export(d):
-    files = sorted(glob.glob(os.path.join(d, "*.export.json")))
-    if not files:
-        return None
-    text, first = [], None
-    for path in files:
-        obj = _read_json(path) or {}
-        first = first or obj
-        text.append(f"`{os.path.basename(path)}`:\n\n```json\n" + json.dumps(
-            {k: v for k, v in obj.items() if k not in ("meta",)}, indent=1)[:3000] + "\n```")
-    return "Exported pruned checkpoints", text, first
+    return _per_file(d, "*.export.json", "Exported pruned checkpoints", _render_export)
 
 
 def _section_bench(d):
