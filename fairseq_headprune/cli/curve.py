@@ -24,7 +24,8 @@ from .importance import add_importance_args, estimate, importance_json, write_im
 
 def add_eval_args(group):
     group.add_argument("--max-eval-sentences", type=int, default=None, metavar="N",
-                       help="score only the first N sentences of --gen-subset")
+                       help="score only the first batches of --gen-subset that hold N "
+                            "sentences (whole batches, as fairseq-generate makes them)")
 
 
 def add_args(group):

@@ -114,7 +114,9 @@ def _section_md(d, json_name, md_name, title, paper_key, images=()):
     if obj is None or not os.path.exists(md):
         return None
     with open(md, encoding="utf-8") as f:
-        text = [f.read().strip()]
+        # the included file's headings go below this section's
+        text = ["\n".join("##" + line if line.startswith("#") else line
+                          for line in f.read().strip().splitlines())]
     text += [_img(d, i) for i in images]
     text.append(f"*Paper:* {PAPER[paper_key]}")
     return title, text, obj
@@ -145,8 +147,19 @@ def _render_cross_domain(d, path, obj):
 
 
 def _render_export(d, path, obj):
-    body = json.dumps({k: v for k, v in obj.items() if k != "meta"}, indent=1)[:3000]
-    return [f"`{os.path.basename(path)}`:\n\n```json\n{body}\n```"]
+    """Parameter counts before/after, in total, per kind and for the heads."""
+    params = obj.get("parameters") or {}
+    rows = ["| | before | after | removed | share removed |", "|---|---|---|---|---|"]
+    for part, label in (("total", "all parameters"), ("attention", "attention"), ("heads", "heads")):
+        entries = {"": params[part]} if part == "total" and part in params else params.get(part, {})
+        for kind, r in entries.items():
+            if isinstance(r, dict) and "before" in r:
+                share = r.get("share_removed", {})
+                share = share.get("fraction") if isinstance(share, dict) else share
+                rows.append(f"| {label} {kind} | {r['before']:,} | {r['after']:,} | {r['removed']:,} | "
+                            f"{100 * (share or 0):.1f}% |")
+    removed = (obj.get("removed_in_all") or {}).get("spec", "")
+    return [f"`{os.path.basename(path)}` (removed: `{removed}`)", "\n".join(rows)]
 
 
 def _section_cross_domain(d):
