@@ -34,18 +34,20 @@ fail() { echo "demo.sh: error: $*" >&2; exit 1; }
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
 
 # ABLATE: the heads to ablate one at a time; EVAL: sentences each ablation decodes.
+# The speed run decodes a fixed number of tokens per sentence, so that the full, masked
+# and pruned models (which translate differently) do the same number of steps.
 if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   OUT=${OUT:-runs/demo-tiny}; MAX_TRAIN=500; MERGES=500; MAX_TEST=30
   UPDATES=30; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
-  BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0)
+  BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 8)
 elif [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=200
   UPDATES=250; WARMUP=100; STEP=0.25; DIM=64; ABLATE="A:5-6:*"; EVAL=100; KINDS_1H=A
-  BENCH=(--batch-sizes 1,16 --beams 1,5 --bench-sentences 16 --repeats 3)
+  BENCH=(--batch-sizes 1,16 --beams 1,5 --bench-sentences 16 --repeats 3 --fixed-length 20)
 else
   OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
   UPDATES=1000; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
-  BENCH=(--batch-sizes 1,4,16,64 --beams 1,5 --bench-sentences 64 --repeats 3)
+  BENCH=(--batch-sizes 1,4,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
 fi
 mkdir -p "$OUT"
 DATA="$OUT/data"; CKPT_DIR="$OUT/checkpoints"; RES="$OUT/results"
