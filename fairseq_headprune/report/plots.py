@@ -43,8 +43,7 @@ def heatmap(matrix: Sequence[Sequence[Optional[float]]], path: str, title: str,
     if center_zero and np.isfinite(data).any():
         m = np.nanmax(np.abs(data)) or 1.0
         kw = {"vmin": -m, "vmax": m}
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("lightgrey")
+    cm = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, aspect="auto", **kw)
     ax.set_xticks(range(cols), [str(j + 1) for j in range(cols)])
     ax.set_yticks(range(rows), [str(i + 1) for i in range(rows)])
