@@ -41,9 +41,9 @@ if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   UPDATES=30; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
   BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 8)
 elif [ "$QUICK" = 1 ]; then
-  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=200
-  UPDATES=250; WARMUP=100; STEP=0.25; DIM=64; ABLATE="A:5-6:*"; EVAL=100; KINDS_1H=A
-  BENCH=(--batch-sizes 1,16 --beams 1,5 --bench-sentences 16 --repeats 3 --fixed-length 20)
+  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=150
+  UPDATES=250; WARMUP=100; STEP=0.25; DIM=64; ABLATE="A:5-6:*"; EVAL=60; KINDS_1H=A
+  BENCH=(--batch-sizes 1,16 --beams 1,5 --bench-sentences 16 --repeats 2 --fixed-length 20)
 else
   OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
   UPDATES=1000; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
