@@ -233,10 +233,9 @@ def _run(args, ab, stop_after, pool) -> int:
     def on_signal(signum, frame):
         raise ab.Interrupted(signal.Signals(signum).name, signum)
 
-    # Every decoder (and its generator) is built before anything is decoded: fairseq's
-    # post-processing adds the words it prints to the target dictionary
-    # (encode_line(add_if_not_exist=True)), and a generator built after that would take
-    # the grown dictionary's size for the model's vocabulary.
+    # Every evaluator (decoder and generator) is built before anything is decoded, so a
+    # set that cannot be evaluated fails before any time is spent. (The target
+    # dictionary no longer grows while decoding: SubsetDecoder post-processes with a copy.)
     evaluators = []
     for s in sets:
         if args.metric == "loss":
