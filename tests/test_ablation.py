@@ -292,7 +292,7 @@ def test_loss_proxy_against_fairseq_validate_and_agreement(data_dir, trained_ckp
 
 
 def test_loss_bootstrap_is_sacrebleus_statistic():
-    from fairseq_headprune.analysis.ablation import loss_paired_bootstrap
+    from fairseq_headprune.analysis.significance import loss_paired_bootstrap
 
     rng = np.random.default_rng(0)
     n, ns = 50, 200

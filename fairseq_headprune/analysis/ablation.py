@@ -4,22 +4,23 @@ cross-domain comparison of two ablations (paper §3.4, Fig. 2).
 The sweep masks one head at a time on a model loaded once, evaluates the set, and
 compares with the full model:
 
+Each head is masked on top of the run's fixed mask (``--mask-heads``) by the package's
+one mask evaluator (``evaluate.MaskEvaluator``: batches and generator built once).
+
 * decoding metrics (``bleu``, ``sacrebleu``, ``chrf``): one beam search of the set per
-  head through a ``SubsetDecoder`` (batches and generator built once); score with
-  ``scoring.score``; p-value from ``scoring.paired_bootstrap`` (sacrebleu's paired
-  bootstrap, full model = baseline). The bootstrap of head k may run in a worker
+  head; score with ``scoring.score``; p-value from ``significance.paired_bootstrap``
+  (sacrebleu's paired bootstrap, full model = baseline). The bootstrap of head k may run in a worker
   process while head k+1 is decoded (``BootstrapPool``): same function, same result.
-* ``loss``: teacher-forced NLL of the references (``decoding.sentence_losses``), score
+* ``loss``: teacher-forced NLL of the references (``MaskEvaluator.losses``), score
   = corpus NLL in bits per target token (what ``fairseq-validate --criterion
   headprune_nll`` prints as ``loss``); delta = ablated - full (positive = worse); the
   p-value is the same paired bootstrap statistic as sacrebleu's, over sentences, in
-  numpy with the same seed convention (``loss_paired_bootstrap``).
+  numpy with the same seed convention (``significance.loss_paired_bootstrap``).
 
-A head is *significant* when p < alpha and its ablation changed the output at all.
-sacrebleu's test returns p = 1/(n_samples+1) for two identical systems (its statistic
-is |resampled diff| minus its mean, compared with '>' against a real difference of
-0); a head whose masking leaves every hypothesis (or every loss) unchanged is recorded
-with sacrebleu's p-value verbatim, ``identical: true`` and ``significant: false``.
+A head is *significant* when p < alpha and its ablation changed the output and the
+score at all (``significance.significant``); a head whose masking leaves every
+hypothesis (or every loss) unchanged is recorded with sacrebleu's p-value verbatim,
+``identical: true`` and ``significant: false``.
 
 Results file (``fairseq-headprune/ablation-v1``), rewritten atomically after every
 head, so a killed run leaves a consistent file and a rerun resumes after the last
@@ -36,23 +37,21 @@ finished head::
 """
 
 import hashlib
-import json
 import logging
-import math
 import os
 import signal
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
-import numpy as np
 
 from ..errors import HeadPruneError
 from ..heads import KINDS, Head, HeadSet, HeadSpec
-from ..results import read_json, write_json, write_text
-from . import scoring
+from ..results import load_resumable, read_json, write_json, write_text
+from . import scoring, significance
+from .significance import pearson, spearman
 
 logger = logging.getLogger("fairseq_headprune.ablation")
 
@@ -97,50 +96,9 @@ def checkpoint_fingerprint(path: str) -> str:
     return f"{size}:{h.hexdigest()[:16]}"
 
 
-# ---------------------------------------------------------------- statistics
-def pearson(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
-    """Pearson r; None when a vector is constant or shorter than 2."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
-    """Spearman rho (Pearson of average ranks, ties shared); None when undefined."""
-    from scipy.stats import rankdata
-
-    if len(x) < 2:
-        return None
-    return pearson(rankdata(x), rankdata(y))
-
-
-def bootstrap_indices(n: int, n_samples: int, seed: int) -> np.ndarray:
-    """The resampled sentence indices sacrebleu's paired bootstrap draws for ``seed``."""
-    return np.random.default_rng(seed).choice(n, size=(n_samples, n), replace=True)
-
-
-def loss_paired_bootstrap(base_nll: Sequence[float], sys_nll: Sequence[float],
-                          ntokens: Sequence[int], n_samples: int = 1000,
-                          seed: int = 12345) -> float:
-    """p-value of a corpus-loss difference, by sacrebleu's paired bootstrap statistic:
-    resample sentences (same RNG and draws as sacrebleu for this seed), corpus loss =
-    sum NLL / sum tokens, stats = |sys - base| per resample minus its mean, p =
-    (#(stats > |real difference|) + 1) / (n_samples + 1)."""
-    base = np.asarray(base_nll, float)
-    sys_ = np.asarray(sys_nll, float)
-    tok = np.asarray(ntokens, float)
-    idx = bootstrap_indices(len(base), n_samples, seed)
-    real = abs(sys_.sum() / tok.sum() - base.sum() / tok.sum())
-    t = tok[idx].sum(1)
-    diffs = np.abs(sys_[idx].sum(1) / t - base[idx].sum(1) / t)
-    stats = diffs - diffs.mean()
-    return float((np.sum(stats > real) + 1) / (n_samples + 1))
-
-
 # ---------------------------------------------------------------- evaluators
 def _bootstrap_job(metric, lang, n_samples, seed, base_hyps, hyps, refs):
-    r = scoring.paired_bootstrap(metric, base_hyps, hyps, refs, lang, n_samples, seed)
+    r = significance.paired_bootstrap(metric, base_hyps, hyps, refs, lang, n_samples, seed)
     return r["score"], r["p_value"]
 
 
@@ -192,19 +150,20 @@ class _Done:
 
 
 class DecodeEvaluator:
-    """Scores one decode of the set with a decoding metric."""
+    """Scores one decode of the set with a decoding metric (decoding by the package's
+    one mask evaluator, ``evaluate.MaskEvaluator``)."""
 
-    def __init__(self, decoder, metric: str, lang: str, n_samples: int, seed: int,
+    def __init__(self, masks, metric: str, n_samples: int, seed: int,
                  pool: Optional[BootstrapPool] = None):
         if metric not in DECODE_METRICS:
             raise HeadPruneError(f"unknown metric {metric!r} (allowed: {', '.join(METRICS)})")
-        self.decoder, self.metric, self.lang = decoder, metric, lang
+        self.masks, self.metric, self.lang = masks, metric, masks.lang
         self.n_samples, self.seed = n_samples, seed
         self.pool = pool or BootstrapPool(0)
-        self.n_sentences = decoder.nsentences
+        self.n_sentences = masks.nsentences
 
-    def run(self, desc: str):
-        return self.decoder.translate(desc=desc, progress=False)
+    def run(self, mask: HeadSet, desc: str):
+        return self.masks.translate(mask, desc)
 
     def baseline(self, out) -> dict:
         s = scoring.score(self.metric, out.hyps, out.refs, self.lang)
@@ -231,56 +190,33 @@ class DecodeEvaluator:
         return "".join(h + "\n" for h in out.hyps)
 
 
-@dataclass
-class LossOutput:
-    ids: List[int]
-    nll: List[float]
-    ntokens: List[int]
-
-
 class LossEvaluator:
-    """Scores teacher-forced NLL of the references (bits per target token)."""
+    """Scores teacher-forced NLL of the references (``scoring.LOSS_UNIT``)."""
 
     metric = "loss"
 
-    def __init__(self, model, batches, n_samples: int, seed: int, use_cuda: bool = False):
-        self.model, self.batches, self.use_cuda = model, batches, use_cuda
-        self.n_samples, self.seed = n_samples, seed
-        pad = model.decoder.dictionary.pad()
-        ids, ntok = [], []
-        for b in batches:
-            ids += b["id"].tolist()
-            ntok += b["target"].ne(pad).sum(1).tolist()
-        order = np.argsort(ids, kind="stable")
-        self.ids = [int(ids[i]) for i in order]
-        self.ntokens = [int(ntok[i]) for i in order]
-        self.n_sentences = len(self.ids)
+    def __init__(self, masks, n_samples: int, seed: int):
+        self.masks, self.n_samples, self.seed = masks, n_samples, seed
+        self.n_sentences = masks.nsentences
 
-    def run(self, desc: str) -> LossOutput:
-        from .decoding import sentence_losses
+    def run(self, mask: HeadSet, desc: str):
+        return self.masks.losses(mask)
 
-        nll = sentence_losses(self.model, self.batches, self.use_cuda)
-        return LossOutput(self.ids, [float(x) for x in nll.double().tolist()], self.ntokens)
-
-    @staticmethod
-    def corpus_loss(nll, ntokens) -> float:
-        return float(sum(nll) / sum(ntokens) / math.log(2))
-
-    def baseline(self, out: LossOutput) -> dict:
-        return {"score": self.corpus_loss(out.nll, out.ntokens),
+    def baseline(self, out) -> dict:
+        return {"score": out.corpus,
                 "signature": "nll|base:2|per:target-token|teacher-forced",
                 "n_sentences": len(out.ids), "ntokens_total": int(sum(out.ntokens)),
                 "ids": list(out.ids), "nll": list(out.nll), "ntokens": list(out.ntokens)}
 
-    def submit(self, base: dict, out: LossOutput):
+    def submit(self, base: dict, out):
         if list(out.ids) != base["ids"] or list(out.ntokens) != base["ntokens"]:
             raise HeadPruneError(
                 "the evaluation set differs from the one the stored full-model results "
                 "were made on; use --overwrite")
-        score = self.corpus_loss(out.nll, out.ntokens)
-        p = loss_paired_bootstrap(base["nll"], out.nll, out.ntokens, self.n_samples, self.seed)
+        p = significance.loss_paired_bootstrap(base["nll"], out.nll, out.ntokens,
+                                               self.n_samples, self.seed)
         identical = out.nll == base["nll"]
-        return lambda: (score, p, identical)
+        return lambda: (out.corpus, p, identical)
 
     @staticmethod
     def hyps_text(out) -> Optional[str]:
@@ -288,35 +224,10 @@ class LossEvaluator:
 
 
 # ---------------------------------------------------------------- the sweep
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def load_results(path: str, settings: dict, overwrite: bool = False) -> Optional[dict]:
     """The stored results to resume from (None for a fresh start); refuses results
     made with other settings."""
-    if overwrite or not os.path.exists(path):
-        return None
-    obj = read_json(path, "ablation results file")
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise HeadPruneError(
-            f"{path!r} is not a {FORMAT} file; choose another --results-dir or pass --overwrite")
-    # compare as stored: a JSON round trip turns tuples into lists
-    old = _flatten(obj.get("settings") or {})
-    new = _flatten(json.loads(json.dumps(settings)))
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if diff:
-        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
-        raise HeadPruneError(
-            f"{path!r} holds results made with other settings ({shown}); rerun the same "
-            f"command to resume, or use another --results-dir or --overwrite")
-    return obj
+    return load_resumable(path, FORMAT, settings, overwrite, "ablation results file")
 
 
 def summarize(records: List[dict]) -> dict:
@@ -334,7 +245,7 @@ def summarize(records: List[dict]) -> dict:
 
 def _apply_alpha(records: List[dict], alpha: float):
     for r in records:
-        r["significant"] = bool(r["p_value"] < alpha and not r["identical"])
+        r["significant"] = significance.significant(r["p_value"], alpha, r["identical"], r["delta"])
 
 
 def _timing_summary(timing: dict) -> dict:
@@ -357,16 +268,14 @@ class Sweep:
     """One resumable single-head ablation of one evaluation set.
 
     ``evaluate`` is a DecodeEvaluator or LossEvaluator; ``heads`` the heads to ablate
-    (each masked alone, on top of ``base_mask``); results go to ``path``."""
+    (each masked alone, on top of the run's fixed mask); results go to ``path``."""
 
-    model: object
     evaluator: object
     heads: List[Head]
     path: str
     settings: dict
     meta: dict
     shape: dict
-    base_mask: HeadSet = field(default_factory=HeadSet)
     alpha: float = 0.01
     overwrite: bool = False
     hyps_dir: Optional[str] = None
@@ -388,8 +297,6 @@ class Sweep:
             write_text(os.path.join(self.hyps_dir, name + ".txt"), text)
 
     def run(self) -> dict:
-        from ..models.head_model import set_head_mask
-
         obj = load_results(self.path, self.settings, self.overwrite)
         requested = HeadSet(self.heads)
         if obj is None:
@@ -445,9 +352,8 @@ class Sweep:
         total = len(obj["heads"]) + len(todo)
         try:
             if obj["baseline"] is None:
-                set_head_mask(self.model, self.base_mask or None)
                 t0 = time.perf_counter()
-                out = ev.run("full model")
+                out = ev.run(HeadSet(), "full model")
                 timing["decode_s"]["full"] = time.perf_counter() - t0
                 obj["baseline"] = ev.baseline(out)
                 self._save_hyps("full", ev, out)
@@ -458,9 +364,8 @@ class Sweep:
                          f"{obj['baseline']['n_sentences']} sentences")
             base = obj["baseline"]
             for head in todo:
-                set_head_mask(self.model, self.base_mask | HeadSet([head]))
                 t0 = time.perf_counter()
-                out = ev.run(head_spec(head))
+                out = ev.run(HeadSet([head]), head_spec(head))
                 timing["decode_s"][head_spec(head)] = time.perf_counter() - t0
                 self._save_hyps(head_spec(head).replace(":", "_"), ev, out)
                 finish = ev.submit(base, out)
@@ -478,9 +383,45 @@ class Sweep:
             e.done, e.path = len(obj["heads"]), self.path
             e.total = total
             raise
-        finally:
-            set_head_mask(self.model, self.base_mask or None)
         return obj
+
+
+# ---------------------------------------------------------------- set-up
+def sweep_settings(session, selection, data: str, metric: str, n_samples: int, seed: int,
+                   removed: HeadSet) -> dict:
+    """What produced an ablation's numbers; a resumed run must match every key."""
+    from omegaconf import OmegaConf
+
+    def plain(c):
+        return OmegaConf.to_container(c, resolve=True) if c is not None else None
+
+    a, cfg, decode = session.args, session.cfg, metric != "loss"
+    return {
+        "format": FORMAT,
+        "checkpoint": os.path.abspath(a.path),
+        "checkpoint_fingerprint": checkpoint_fingerprint(a.path),
+        "model_overrides": str(a.model_overrides),
+        "data": data, "subset": selection.spec.subset, "eval_data": selection.describe(),
+        "metric": metric, "lang": session.target_lang, "n_samples": n_samples, "seed": seed,
+        "generation": plain(cfg.generation) if decode else None,
+        "post_process": cfg.common_eval.post_process if decode else None,
+        "tokenizer": plain(cfg.tokenizer) if decode else None,
+        "bpe": plain(cfg.bpe) if decode else None,
+        "fp16": bool(a.fp16), "device": "cuda" if session.use_cuda else "cpu",
+        "base_mask": session.fixed_mask.to_spec(), "removed": removed.to_spec(),
+    }
+
+
+def heads_to_ablate(shape, kinds, spec: Optional[str], removed: HeadSet, fixed: HeadSet) -> List[Head]:
+    heads = HeadSet.all_heads(shape, kinds)
+    if spec:
+        heads = heads & HeadSet.parse(spec, shape)
+    heads = heads - removed - fixed
+    if not heads:
+        raise HeadPruneError(
+            f"no heads to ablate (--kinds {','.join(kinds)}, --heads {spec!r}; heads "
+            f"already removed or masked by --mask-heads are skipped)")
+    return list(heads)
 
 
 # ---------------------------------------------------------------- comparisons
@@ -534,7 +475,7 @@ def cross_domain(a: dict, b: dict, name_a: str = "a", name_b: str = "b") -> dict
 
 
 AGREEMENT_KEYS = ("checkpoint", "checkpoint_fingerprint", "data", "subset",
-                  "max_eval_sentences", "base_mask", "removed")
+                  "eval_data", "base_mask", "removed")
 
 
 def agreement(loss_obj: dict, metric_obj: dict) -> dict:
@@ -566,3 +507,58 @@ def agreement(loss_obj: dict, metric_obj: dict) -> dict:
             "significant_metric": HeadSet(sig_m).to_spec(),
             "timing_s": {"loss": loss_obj.get("timing", {}).get("sweep_s"),
                          sm["metric"]: metric_obj.get("timing", {}).get("sweep_s")}}
+
+
+# ---------------------------------------------------------------- files of a run
+def file_stem(metric: str, index: int, label: str) -> str:
+    stem = "ablation_loss" if metric == "loss" else "ablation"
+    return stem if index == 0 else f"{stem}.{label}"
+
+
+def summary_line(obj: dict, alpha: float) -> str:
+    sm, t, metric = obj["summary"], obj["timing"], obj["settings"]["metric"]
+    ratio = f"{t['ratio']:.3f}" if t.get("ratio") else "n/a"
+    return (f"full model {metric} {obj['baseline']['score']:.2f}; {sm['n_significant']} of "
+            f"{sm['n_heads']} heads significant at p < {alpha:g} ({sm['n_significant_better']} "
+            f"better, {sm['n_significant_worse']} worse without them); sweep {t['sweep_s']:.1f}s "
+            f"for {t['decodes']} evaluations, {t['median_decode_s']:.2f}s each, ratio {ratio}")
+
+
+def _fmt(v) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
+
+
+def write_comparisons(results_dir: str, metric: str, labels: List[str]) -> List[tuple]:
+    """Cross-domain files (first set against each other set) and loss-vs-metric
+    agreement files (where both ablations of a set exist in ``results_dir``).
+    Returns [(kind, path, result, agreement's one-line text or None)], kind
+    'cross_domain' or 'agreement'."""
+    path = lambda name: os.path.join(results_dir, name)
+    objs = [read_json(path(file_stem(metric, i, l) + ".json"), "ablation results file")
+            for i, l in enumerate(labels)]
+    out = []
+    cd_stem = "cross_domain_loss" if metric == "loss" else "cross_domain"
+    for i in range(1, len(labels)):
+        c = cross_domain(objs[0], objs[i], labels[0], labels[i])
+        p = path(cd_stem + (".json" if i == 1 else f".{labels[i]}.json"))
+        write_json(p, c)
+        out.append(("cross_domain", p, c, None))  # its text: report.ablation_report
+    for i, label in enumerate(labels):
+        other = path(file_stem("bleu" if metric == "loss" else "loss", i, label) + ".json")
+        if not os.path.exists(other):
+            continue
+        other_obj = read_json(other, "ablation results file")
+        loss_obj, metric_obj = (objs[i], other_obj) if metric == "loss" else (other_obj, objs[i])
+        try:
+            a = agreement(loss_obj, metric_obj)
+        except HeadPruneError as e:
+            logger.warning(f"no loss/metric agreement for {label}: {e}")
+            continue
+        p = path("agreement" + ("" if i == 0 else f".{label}") + ".json")
+        write_json(p, a)
+        out.append(("agreement", p, a, (
+            f"{label}: loss vs {a['metric']} over {a['n']} heads: Pearson {_fmt(a['pearson'])}, "
+            f"Spearman {_fmt(a['spearman'])} (negative = agree), top-{a['top_k']} overlap "
+            f"{a['top_k_overlap']:.2f}; sweep time loss {a['timing_s']['loss']:.1f}s vs "
+            f"{a['metric']} {a['timing_s'][a['metric']]:.1f}s -> {p}")))
+    return out

@@ -8,15 +8,16 @@ callable (HeadSet of masked heads -> dict of scores), so the same code serves th
 
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from ..heads import Head, HeadSet, HeadSpec, Shape
+from ..errors import HeadPruneError
+from ..heads import Head, HeadSet, HeadSpec, Shape, share_count
 from .ranking import Scores, order_by_scores, take_with_floor
+
+FORMAT = "fairseq-headprune/curve-v1"
 
 
 def fractions(step: float = 0.1) -> List[float]:
     """0, step, 2*step, ..., 1 (rounded, endpoints included)."""
     if not 0 < step <= 1:
-        from ..errors import HeadPruneError
-
         raise HeadPruneError(f"pruning step {step} is outside (0, 1]")
     n = int(round(1 / step))
     out = [round(i * step, 6) for i in range(n + 1) if i * step < 1 - 1e-9]
@@ -51,7 +52,7 @@ def pruning_curve(
     if points:
         masked = HeadSpec.parse(points[-1]["spec"]).resolve(shape)
     for frac in steps:
-        target = int(round(frac * total))
+        target = share_count(frac, total)
         if any(abs(p["fraction"] - frac) < 1e-9 for p in points):
             continue
         if reestimate is not None and target > len(masked):
@@ -74,13 +75,24 @@ def importance_order(scores: Scores, kinds: Sequence[str], exclude: HeadSet = He
 
 
 def ablation_order(ablation: Dict, kinds: Sequence[str], exclude: HeadSet = HeadSet()) -> List[Head]:
-    """From an ablation.json: heads whose removal hurts least (largest delta) first."""
-    rows = ablation.get("heads") or ablation.get("results") or []
+    """From an ablation file: the heads whose removal hurts least first. A head hurts
+    when masking it lowers a decoding metric (negative delta) or raises the loss
+    (positive delta), so the importance read off an ablation is -delta for bleu,
+    sacrebleu and chrf, and +delta for loss."""
+    from .ablation import FORMAT as ABLATION_FORMAT, METRICS
+
+    if not isinstance(ablation, dict) or ablation.get("format") != ABLATION_FORMAT:
+        raise HeadPruneError(f"--ablation file is not a {ABLATION_FORMAT} file "
+                             f"(written by fairseq-headprune ablate)")
+    metric = (ablation.get("settings") or {}).get("metric")
+    if metric not in METRICS:
+        raise HeadPruneError(f"--ablation file has metric {metric!r} (allowed: {', '.join(METRICS)})")
+    sign = 1.0 if metric == "loss" else -1.0
     scored = {}
-    for r in rows:
+    for r in ablation.get("heads") or []:
         head = (r["kind"], int(r["layer"]), int(r["head"]))
         if r["kind"] in kinds and head not in exclude:
-            scored[head] = -float(r["delta"])
+            scored[head] = sign * float(r["delta"])
     return order_by_scores(_as_scores(scored), kinds, exclude)
 
 

@@ -1,9 +1,9 @@
 """Decode a subset the way fairseq-generate does, many times over, cheaply.
 
-``SubsetDecoder`` builds the batches and the sequence generator once and keeps them;
-each ``translate()`` then costs one beam search over the subset, whatever masks are
-set on the model in between. Hypotheses and references are post-processed exactly as
-fairseq-generate prints its H- and T- lines (same batching, same --remove-bpe, same
+``SubsetDecoder`` keeps its batches and builds the sequence generator once; each
+``translate()`` then costs one beam search over the batches, whatever masks are set
+on the model in between (``evaluate.MaskEvaluator`` sets them). Hypotheses and
+references are post-processed exactly as fairseq-generate prints its H- and T- lines (same batching, same --remove-bpe, same
 --tokenizer/--bpe decoding), so scores equal fairseq-generate + sacrebleu.
 """
 
@@ -14,8 +14,6 @@ from typing import List, Optional
 import torch
 from fairseq import utils
 from fairseq.logging import progress_bar
-
-from ..errors import HeadPruneError
 
 
 @dataclass
@@ -33,53 +31,11 @@ def symbols_to_strip(generator):
     return extra
 
 
-def batches_for(cfg, task, models, subset: str, shard=(1, 0)) -> List[dict]:
-    """Materialised batches of ``subset`` as fairseq-generate makes them."""
-    try:
-        task.dataset(subset)
-    except KeyError:
-        task.load_dataset(subset)
-    dataset = task.dataset(subset)
-    if len(dataset) == 0:
-        raise HeadPruneError(f"subset {subset!r} is empty")
-    try:
-        itr = task.get_batch_iterator(
-            dataset=dataset,
-            max_tokens=cfg.dataset.max_tokens,
-            max_sentences=cfg.dataset.batch_size,
-            max_positions=utils.resolve_max_positions(
-                task.max_positions(), *[m.max_positions() for m in models]
-            ),
-            ignore_invalid_inputs=cfg.dataset.skip_invalid_size_inputs_valid_test,
-            required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,
-            seed=cfg.common.seed,
-            num_shards=shard[0],
-            shard_id=shard[1],
-            num_workers=0,
-        ).next_epoch_itr(shuffle=False)
-    except AssertionError as e:  # fairseq's batch_by_size: a sentence > --max-tokens
-        raise HeadPruneError(f"cannot batch subset {subset!r}: {e} (raise --max-tokens)")
-    return [b for b in itr if b]
-
-
-def limit_sentences(batches: List[dict], max_sentences: Optional[int]) -> List[dict]:
-    if not max_sentences:
-        return batches
-    out, n = [], 0
-    for b in batches:
-        if n >= max_sentences:
-            break
-        out.append(b)
-        n += b["nsentences"]
-    return out
-
-
 class SubsetDecoder:
-    def __init__(self, cfg, task, model, subset: str, max_sentences: Optional[int] = None,
-                 batches: Optional[List[dict]] = None):
+    def __init__(self, cfg, task, model, subset: str, batches: List[dict]):
+        """``batches``: collated samples (``data.select`` + ``data.collate``)."""
         self.cfg, self.task, self.model, self.subset = cfg, task, model, subset
-        self.batches = batches if batches is not None else limit_sentences(
-            batches_for(cfg, task, [model], subset), max_sentences)
+        self.batches = batches
         self.generator = task.build_generator([model], cfg.generation)
         # fairseq's post_process_prediction adds the words it prints to the dictionary
         # it is given (encode_line(add_if_not_exist=True)): post-process with a copy, so

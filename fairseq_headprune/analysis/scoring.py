@@ -1,20 +1,29 @@
-"""Scores with sacrebleu, and sacrebleu's paired bootstrap.
+"""Scores with sacrebleu (corpus BLEU, detokenized BLEU, chrF) and the loss unit.
 
 * ``bleu`` (default, the paper's metric): tokenized BLEU, i.e. sacrebleu with
   tokenize=none on Moses-tokenized hypotheses and references (what fairseq-generate
   --remove-bpe prints for data prepared with data-prep/).
 * ``sacrebleu``: detokenized BLEU (sacremoses detokenizer, then sacrebleu's 13a).
 * ``chrf``: chrF on the detokenized text.
+
+Loss, everywhere in the package: teacher-forced NLL of the references in bits per
+target token (base 2, as fairseq's logs print ``loss``), named ``LOSS_UNIT`` in files.
+Significance tests are in ``significance``.
 """
 
-import contextlib
-import os
+import math
 from functools import lru_cache
 from typing import Dict, List, Sequence
 
 from ..errors import HeadPruneError
 
 METRICS = ("bleu", "sacrebleu", "chrf")
+LOSS_UNIT = "bits per target token (teacher-forced NLL, base 2)"
+
+
+def corpus_loss(nll_nats: float, ntokens: int) -> float:
+    """Summed NLL in nats over ``ntokens`` target tokens -> bits per token."""
+    return float(nll_nats) / max(int(ntokens), 1) / math.log(2)
 
 
 @lru_cache(maxsize=8)
@@ -29,7 +38,7 @@ def detokenize(lines: Sequence[str], lang: str) -> List[str]:
     return [detok.detokenize(line.split()) for line in lines]
 
 
-def _metric(name: str):
+def metric(name: str):
     from sacrebleu.metrics import BLEU, CHRF
 
     if name == "bleu":
@@ -41,7 +50,7 @@ def _metric(name: str):
     raise HeadPruneError(f"unknown metric {name!r} (allowed: {', '.join(METRICS)})")
 
 
-def _prepare(name: str, lines: Sequence[str], lang: str) -> List[str]:
+def prepare(name: str, lines: Sequence[str], lang: str) -> List[str]:
     return list(lines) if name == "bleu" else detokenize(lines, lang)
 
 
@@ -51,43 +60,6 @@ def score(name: str, hyps: Sequence[str], refs: Sequence[str], lang: str = "en")
         raise HeadPruneError(f"{len(hyps)} hypotheses but {len(refs)} references")
     if not hyps:
         raise HeadPruneError("nothing to score: the evaluation subset is empty")
-    metric = _metric(name)
-    result = metric.corpus_score(_prepare(name, hyps, lang), [_prepare(name, refs, lang)])
-    return {"metric": name, "score": float(result.score),
-            "signature": str(metric.get_signature())}
-
-
-@contextlib.contextmanager
-def _sacrebleu_seed(seed: int):
-    old = os.environ.get("SACREBLEU_SEED")
-    os.environ["SACREBLEU_SEED"] = str(seed)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SACREBLEU_SEED", None)
-        else:
-            os.environ["SACREBLEU_SEED"] = old
-
-
-def paired_bootstrap(name: str, baseline: Sequence[str], system: Sequence[str],
-                     refs: Sequence[str], lang: str = "en", n_samples: int = 1000,
-                     seed: int = 12345) -> Dict:
-    """sacrebleu's paired bootstrap resampling (Koehn 2004) of system vs baseline.
-    Returns {'baseline', 'score', 'delta', 'p_value'}; seed must be non-zero (sacrebleu
-    treats 0 as 'unseeded')."""
-    from sacrebleu.significance import PairedTest
-
-    if not seed:
-        raise HeadPruneError("bootstrap seed 0 means 'unseeded' to sacrebleu (use a non-zero seed)")
-    refs_p = _prepare(name, refs, lang)
-    with _sacrebleu_seed(seed):
-        test = PairedTest(
-            [("baseline", _prepare(name, baseline, lang)), ("system", _prepare(name, system, lang))],
-            {name: _metric(name)}, references=[refs_p], test_type="bs", n_samples=n_samples,
-        )
-        _, results = test()
-    # sacrebleu keys results by the score's own name ('BLEU', 'chrF2'), not ours
-    base, sys_ = next(v for k, v in results.items() if k != "System")
-    return {"baseline": float(base.score), "score": float(sys_.score),
-            "delta": float(sys_.score - base.score), "p_value": float(sys_.p_value)}
+    m = metric(name)
+    result = m.corpus_score(prepare(name, hyps, lang), [prepare(name, refs, lang)])
+    return {"metric": name, "score": float(result.score), "signature": str(m.get_signature())}

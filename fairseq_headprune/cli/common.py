@@ -1,18 +1,15 @@
 """What every model-reading subcommand shares: fairseq's own generation parser (so
 ``DATA --path CKPT --gen-subset --beam --lenpen --max-tokens --remove-bpe --cpu
---fp16 ...`` mean what they mean to fairseq-generate), model loading as
-fairseq-generate does it, and provenance for every results file."""
+--fp16 ...`` mean what they mean to fairseq-generate), the options that mean the same
+in every command, and the model session (analysis/session.py)."""
 
 import argparse
-import datetime
 import logging
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List
 
-import torch
-
-from .. import __version__
+from ..analysis.session import Session
 from ..errors import HeadPruneError
 
 logger = logging.getLogger("fairseq_headprune")
@@ -47,98 +44,40 @@ def parse_args(prog: str, argv: List[str], add_args: Callable[[argparse.Argument
     return args
 
 
-class Context:
-    """A loaded model and task, ready for analysis."""
+def open_session(args) -> Session:
+    """The model session of a command; its results folder is created after the
+    model loaded, so that a bad checkpoint leaves no empty folder behind."""
+    session = Session(args)
+    os.makedirs(args.results_dir, exist_ok=True)
+    return session
 
-    def __init__(self, args):
-        from fairseq import checkpoint_utils, tasks, utils
-        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-        self.args = args
-        if args.max_tokens is None and args.batch_size is None:
-            args.max_tokens = 12000  # fairseq-generate's default
-        self.cfg = cfg = convert_namespace_to_omegaconf(args)
-        utils.import_user_module(cfg.common)
-        self.results_dir = args.results_dir
-        os.makedirs(self.results_dir, exist_ok=True)
-        paths = utils.split_paths(cfg.common_eval.path)
-        if len(paths) != 1:
-            raise HeadPruneError(f"--path names {len(paths)} checkpoints; give exactly one")
-        if not os.path.isfile(paths[0]):
-            raise HeadPruneError(f"checkpoint {paths[0]!r} does not exist")
-        self.task = tasks.setup_task(cfg.task)
-        overrides = eval(cfg.common_eval.model_overrides)
-        logger.info(f"loading model from {paths[0]}")
-        models, self.saved_cfg = checkpoint_utils.load_model_ensemble(
-            paths, arg_overrides=overrides, task=self.task
-        )
-        self.model = models[0]
-        self.use_cuda = torch.cuda.is_available() and not cfg.common.cpu
-        if cfg.common.fp16:
-            self.model.half()
-        if self.use_cuda:
-            self.model.cuda()
-        self.model.eval()
-        self._batches = {}
+def out_path(args, name: str) -> str:
+    return os.path.join(args.results_dir, name)
 
-    @property
-    def target_lang(self) -> str:
-        return self.cfg.task.target_lang or "en"
 
-    def load_subset(self, subset: str):
-        try:
-            self.task.dataset(subset)
-        except KeyError:
-            try:
-                self.task.load_dataset(subset, task_cfg=self.saved_cfg.task)
-            except FileNotFoundError as e:
-                raise HeadPruneError(f"subset {subset!r} not found in {self.cfg.task.data}: {e}")
-            except ValueError as e:  # fairseq cannot mmap an empty split
-                raise HeadPruneError(
-                    f"subset {subset!r} of {self.cfg.task.data} cannot be loaded: {e} (empty split?)")
+def add_eval_args(group):
+    """The one definition of the evaluation-data cap, for every command."""
+    group.add_argument("--max-eval-sentences", type=int, default=None, metavar="N",
+                       help="evaluate a seeded random sample of N sentences of the "
+                            "evaluation subset (default: all; never the shortest first)")
+    group.add_argument("--eval-seed", type=int, default=1, metavar="SEED",
+                       help="seed of that sample (default 1)")
 
-    def batches(self, subset: str, max_sentences: Optional[int] = None,
-                max_batches: Optional[int] = None, shard=(1, 0)):
-        from ..analysis.decoding import batches_for, limit_sentences
 
-        key = (subset, shard)
-        if key not in self._batches:
-            self.load_subset(subset)
-            self._batches[key] = batches_for(self.cfg, self.task, [self.model], subset, shard)
-        out = limit_sentences(self._batches[key], max_sentences)
-        if max_batches:
-            out = out[:max_batches]
-        if not out:
-            raise HeadPruneError(f"subset {subset!r} gave no batches")
-        return out
+def eval_selection(session: Session, args, subset: str):
+    if args.max_eval_sentences is not None and args.max_eval_sentences < 1:
+        raise HeadPruneError(f"--max-eval-sentences {args.max_eval_sentences} is not allowed "
+                             f"(a whole number >= 1; leave it out for all sentences)")
+    return session.select(session.data_spec(subset, args.max_eval_sentences, seed=args.eval_seed))
 
-    def decoder(self, subset: str, max_sentences: Optional[int] = None):
-        from ..analysis.decoding import SubsetDecoder
 
-        return SubsetDecoder(self.cfg, self.task, self.model, subset,
-                             batches=self.batches(subset, max_sentences))
+def add_bootstrap_args(group):
+    from ..analysis.significance import DEFAULT_SAMPLES, DEFAULT_SEED
 
-    def path(self, name: str) -> str:
-        return os.path.join(self.results_dir, name)
-
-    def meta(self, **extra) -> dict:
-        import fairseq
-
-        a = self.args
-        meta = {
-            "command": "fairseq-headprune " + " ".join(sys.argv[1:]),
-            "checkpoint": os.path.abspath(a.path),
-            "data": os.path.abspath(a.data),
-            "source_lang": self.cfg.task.source_lang,
-            "target_lang": self.cfg.task.target_lang,
-            "generation": {"beam": a.beam, "lenpen": a.lenpen, "max_len_a": a.max_len_a,
-                           "max_len_b": a.max_len_b, "remove_bpe": a.post_process,
-                           "max_tokens": a.max_tokens, "batch_size": a.batch_size},
-            "fp16": bool(a.fp16),
-            "device": "cuda" if self.use_cuda else "cpu",
-            "versions": {"fairseq_headprune": __version__, "fairseq": fairseq.__version__,
-                         "torch": torch.__version__},
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        meta.update(extra)
-        return meta
+    group.add_argument("--alpha", type=float, default=0.01,
+                       help="significance level of the paired bootstrap (default 0.01)")
+    group.add_argument("--bootstrap-samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
+                       help=f"paired bootstrap resamples (default {DEFAULT_SAMPLES})")
+    group.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, metavar="SEED",
+                       help=f"paired bootstrap seed, non-zero (default {DEFAULT_SEED}, sacrebleu's)")

@@ -1,31 +1,26 @@
 """``fairseq-headprune curve DATA --path CKPT --results-dir DIR``
 
-Masks the least important heads at 0%, 10%, ..., 100% and decodes the evaluation
-subset (--gen-subset) at each step: tokenized BLEU (the paper's), detokenized
-sacreBLEU and teacher-forced loss. Writes curve.json (resumable: an interrupted run
-re-run with the same command continues), curve.csv, curve.png, and for each point a
+Masks the least important heads at 0%, 10%, ..., 100% (of the heads of --kinds that are
+neither removed nor masked by --mask-heads; counts rounded by ``heads.share_count``) and
+evaluates --gen-subset at each step: tokenized BLEU (the paper's), detokenized sacreBLEU
+and teacher-forced loss (bits per token). Writes curve.json (resumable: an interrupted
+run re-run with the same command continues), curve.csv, curve.png, and for each point a
 spec file specs/curve_<kinds>_<pct>.json that reproduces it with
-``fairseq-generate ... --mask-heads @specs/curve_all_040.json``.
+``fairseq-generate ... --mask-heads @specs/curve_all_040.json`` (the run's own
+--mask-heads included).
 """
 
 import os
 
-from ..analysis.curve import ablation_order, fractions, importance_order, pruning_curve
-from ..analysis.decoding import sentence_losses
+from ..analysis.curve import FORMAT, ablation_order, fractions, importance_order, pruning_curve
 from ..analysis.ranking import load_importance, random_order
-from ..analysis.scoring import score
+from ..analysis.scoring import LOSS_UNIT
 from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSpec, parse_kinds
-from ..models.head_model import model_head_shape, removed_heads, set_head_mask
-from ..results import read_json, write_csv, write_json
-from .common import Context, logger, parse_args
-from .importance import add_importance_args, estimate, importance_json, write_importance
-
-
-def add_eval_args(group):
-    group.add_argument("--max-eval-sentences", type=int, default=None, metavar="N",
-                       help="score only the first batches of --gen-subset that hold N "
-                            "sentences (whole batches, as fairseq-generate makes them)")
+from ..models.head_model import model_head_shape, removed_heads
+from ..results import load_resumable, read_json, write_csv, write_json
+from .common import add_eval_args, eval_selection, logger, open_session, out_path, parse_args
+from .importance import add_importance_args, estimate, scores_of, write_importance
 
 
 def add_args(group):
@@ -50,57 +45,35 @@ def add_args(group):
     add_importance_args(group)
 
 
-def make_evaluator(ctx: Context, subset: str, max_sentences=None, label=""):
-    """HeadSet -> {'bleu', 'sacrebleu', 'sacrebleu_signature', 'loss'} on ``subset``."""
-    decoder = ctx.decoder(subset, max_sentences)
-    ntokens = sum(int(b["ntokens"]) for b in decoder.batches)
-
-    cache = {}  # the same mask (e.g. the 0% point of every curve) is decoded once
-
-    def evaluate(masked):
-        if masked in cache:
-            return dict(cache[masked])
-        set_head_mask(ctx.model, masked or None)
-        try:
-            tr = decoder.translate(desc=f"{label}{len(masked)} heads masked")
-            losses = sentence_losses(ctx.model, decoder.batches, ctx.use_cuda)
-        finally:
-            set_head_mask(ctx.model, None)
-        bleu = score("bleu", tr.hyps, tr.refs, ctx.target_lang)
-        sacre = score("sacrebleu", tr.hyps, tr.refs, ctx.target_lang)
-        cache[masked] = {"bleu": bleu["score"], "sacrebleu": sacre["score"],
-                         "loss": float(losses.sum()) / max(ntokens, 1),
-                         "bleu_signature": bleu["signature"],
-                         "sacrebleu_signature": sacre["signature"]}
-        return dict(cache[masked])
-
-    return evaluate, decoder
-
-
-def ranking_for(ctx, args, kinds, exclude):
-    shape = model_head_shape(ctx.model)
+def ranking(session, args, kinds, exclude, scores):
+    """Heads of ``kinds`` from least to most important, and the importance scores used."""
+    shape = model_head_shape(session.model)
     if args.order == "random":
-        return random_order(shape, kinds, args.order_seed, exclude), None
+        return random_order(shape, kinds, args.order_seed, exclude), scores
     if args.order == "ablation":
         if not args.ablation:
             raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
-        return ablation_order(read_json(args.ablation, "ablation file"), kinds, exclude), None
-    if args.importance:
-        scores = load_importance(args.importance, shape)
-    else:
-        obj = importance_json(ctx, args, estimate(ctx, args))
-        write_importance(ctx, obj)
-        scores = {k: obj[k] for k in KINDS if k in obj}
+        return ablation_order(read_json(args.ablation, "ablation file"), kinds, exclude), scores
+    if scores is None:
+        if args.importance:
+            scores = load_importance(args.importance, shape)
+        else:
+            obj = estimate(session, args)
+            write_importance(args, obj)
+            scores = scores_of(obj)
     return importance_order(scores, kinds, exclude), scores
 
 
-def settings(args, curve_names):
+def settings(args, session, curve_names, selection):
     return {"order": args.order, "importance": args.importance, "ablation": args.ablation,
             "order_seed": args.order_seed, "reestimate": args.reestimate,
             "min_heads_per_layer": args.min_heads_per_layer, "step": args.prune_step,
-            "curves": curve_names, "subset": args.gen_subset, "path": os.path.abspath(args.path),
-            "max_eval_sentences": args.max_eval_sentences, "beam": args.beam, "lenpen": args.lenpen,
+            "curves": curve_names, "path": os.path.abspath(args.path),
+            "mask_heads": session.fixed_mask.to_spec(), "eval_data": selection.describe(),
+            "beam": args.beam, "lenpen": args.lenpen,
             "importance_subset": args.importance_subset,
+            "importance_max_sentences": args.importance_max_sentences,
+            "importance_seed": args.importance_seed,
             "importance_granularity": args.importance_granularity}
 
 
@@ -112,69 +85,60 @@ def main(argv):
     kinds = parse_kinds(args.kinds)
     kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind else [kinds]
     names = ["".join(ks) if ks != KINDS else "all" for ks in kind_sets]
-    ctx = Context(args)
-    shape = model_head_shape(ctx.model)
+    session = open_session(args)
+    shape = model_head_shape(session.model)
     for ks in kind_sets:
         missing = [k for k in ks if not shape.get(k)]
         if missing:
             raise HeadPruneError(f"--kinds {','.join(missing)}: this model has no such attention")
-    out_json = ctx.path("curve.json")
-    want = settings(args, names)
-    curves = {}
-    if os.path.exists(out_json) and not args.overwrite:
-        old = read_json(out_json, "curve file")
-        if old.get("settings") != want:
-            raise HeadPruneError(f"{out_json} was made with other settings; use another "
-                                 f"--results-dir or --overwrite")
-        curves = old.get("curves", {})
+    selection = eval_selection(session, args, args.gen_subset)
+    out_json = out_path(args, "curve.json")
+    want = settings(args, session, names, selection)
+    old = load_resumable(out_json, FORMAT, want, args.overwrite, "curve file")
+    curves = old["curves"] if old else {}
+    if old:
         logger.info(f"resuming {out_json}: {sum(len(c) for c in curves.values())} points done")
-    os.makedirs(ctx.path("specs"), exist_ok=True)
-    exclude = removed_heads(ctx.model)
-    evaluate, _ = make_evaluator(ctx, args.gen_subset, args.max_eval_sentences)
-    meta = ctx.meta()
+    os.makedirs(out_path(args, "specs"), exist_ok=True)
+    exclude = removed_heads(session.model) | session.fixed_mask
+    evaluate = session.evaluator(selection)
+    meta = session.meta(loss_unit=LOSS_UNIT)
+
+    def save():
+        write_json(out_json, {"format": FORMAT, "settings": want, "curves": curves, "meta": meta})
 
     def reestimate(masked):
-        set_head_mask(ctx.model, masked or None)
-        try:
-            obj = importance_json(ctx, args, estimate(ctx, args))
-        finally:
-            set_head_mask(ctx.model, None)
-        return {k: obj[k] for k in KINDS if k in obj}
+        return scores_of(estimate(session, args, mask=masked))
 
     scores = None
     for ks, name in zip(kind_sets, names):
-        if args.order == "importance" and scores is not None:
-            order = importance_order(scores, ks, exclude)  # estimated once for all curves
-        else:
-            order, scores = ranking_for(ctx, args, ks, exclude)
+        order, scores = ranking(session, args, ks, exclude, scores)
 
         def on_point(point, name=name):
             curves[name].append(point)
             pct = int(round(point["fraction"] * 100))
-            heads = HeadSpec.parse(point["spec"]).resolve(shape)
-            write_json(ctx.path(f"specs/curve_{name}_{pct:03d}.json"), heads.to_json_obj(
+            # the run's own --mask-heads included: --mask-heads @file alone reproduces it
+            heads = HeadSpec.parse(point["spec"]).resolve(shape) | session.fixed_mask
+            write_json(out_path(args, f"specs/curve_{name}_{pct:03d}.json"), heads.to_json_obj(
                 {"curve": name, "fraction": point["fraction"], "bleu": point["bleu"]}))
-            write_json(out_json, {"settings": want, "curves": curves, "meta": meta})
+            save()
             logger.info(f"[{name}] {point['masked']} heads masked ({pct}%): BLEU {point['bleu']:.2f}, "
-                        f"sacreBLEU {point['sacrebleu']:.2f}, loss {point['loss']:.3f}")
+                        f"sacreBLEU {point['sacrebleu']:.2f}, loss {point['loss']:.3f} bits/token")
 
         done = curves.setdefault(name, [])
         pruning_curve(shape, ks, steps, evaluate, order=order,
                       reestimate=reestimate if args.reestimate else None,
                       min_heads_per_layer=args.min_heads_per_layer, exclude=exclude,
                       done=list(done), on_point=on_point)
-    write_outputs(ctx, curves, want, meta)
+    save()
+    write_outputs(args, curves)
 
 
-def write_outputs(ctx, curves, settings_, meta):
-    from ..report.plots import lines
+def write_outputs(args, curves):
+    from ..report import redraw
 
-    write_json(ctx.path("curve.json"), {"settings": settings_, "curves": curves, "meta": meta})
     rows = [(name, p["fraction"], p["target"], p["masked"], p["bleu"], p["sacrebleu"], p["loss"], p["spec"])
             for name, pts in curves.items() for p in pts]
-    write_csv(ctx.path("curve.csv"), ["curve", "fraction", "target", "masked", "bleu", "sacrebleu",
-                                      "loss", "spec"], rows)
-    series = {name: [(100 * p["share_masked"], p["bleu"]) for p in pts] for name, pts in curves.items()}
-    lines(series, ctx.path("curve.png"), f"pruning by {settings_['order']} ({settings_['subset']})",
-          "% of heads masked", "BLEU (tokenized)")
-    logger.info(f"wrote {ctx.path('curve.json')}, curve.csv, curve.png")
+    write_csv(out_path(args, "curve.csv"), ["curve", "fraction", "target", "masked", "bleu",
+                                             "sacrebleu", "loss_bits_per_token", "spec"], rows)
+    redraw.curve(args.results_dir)
+    logger.info(f"wrote {out_path(args, 'curve.json')}, curve.csv, curve.png")

@@ -38,7 +38,10 @@ def main(argv=None):
 
         print(os.path.dirname(os.path.abspath(fairseq_headprune.__file__)))
         return 0
-    import fairseq_headprune  # noqa: F401  (registers task, installs the error hook)
+    import fairseq_headprune  # noqa: F401  (registers the task, installs fairseq_fixes)
+    from ..errors import install_excepthook
+
+    install_excepthook()  # also where fairseq is missing (report works without it)
     from .common import setup_logging
 
     setup_logging()

@@ -1,0 +1,164 @@
+"""A model session: a checkpoint and its task loaded the way fairseq-generate loads
+them, with the fixed mask and removals the user gave, and the data selections and mask
+evaluators of that model. Every model-reading command starts from one."""
+
+import ast
+import datetime
+import logging
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from ..errors import HeadPruneError
+from ..heads import HeadSet
+from .data import DataSpec, Selection, select
+
+logger = logging.getLogger("fairseq_headprune")
+
+
+def model_overrides(text) -> dict:
+    """``--model-overrides`` as fairseq reads it (``ast.literal_eval``, never ``eval``)."""
+    try:
+        value = ast.literal_eval(text or "{}")
+    except (ValueError, SyntaxError) as e:
+        raise HeadPruneError(f"--model-overrides {text!r} is not a Python dict literal ({e})")
+    if not isinstance(value, dict):
+        raise HeadPruneError(f"--model-overrides {text!r} is not a dict (e.g. \"{{'beam': 5}}\")")
+    return value
+
+
+class Session:
+    def __init__(self, args):
+        """``args``: fairseq-generate's namespace (options.get_generation_parser)."""
+        from fairseq import checkpoint_utils, tasks, utils
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+        self.args = args
+        if args.max_tokens is None and args.batch_size is None:
+            args.max_tokens = 12000  # fairseq-generate's default
+        self.cfg = cfg = convert_namespace_to_omegaconf(args)
+        utils.import_user_module(cfg.common)
+        paths = utils.split_paths(cfg.common_eval.path)
+        if len(paths) != 1:
+            raise HeadPruneError(f"--path names {len(paths)} checkpoints; give exactly one")
+        if not os.path.isfile(paths[0]):
+            raise HeadPruneError(f"checkpoint {paths[0]!r} does not exist")
+        self.task = tasks.setup_task(cfg.task)
+        logger.info(f"loading model from {paths[0]}")
+        models, self.saved_cfg = checkpoint_utils.load_model_ensemble(
+            paths, arg_overrides=model_overrides(cfg.common_eval.model_overrides), task=self.task)
+        self.model = models[0]
+        self.use_cuda = torch.cuda.is_available() and not cfg.common.cpu
+        if cfg.common.fp16:
+            self.model.half()
+        if self.use_cuda:
+            self.model.cuda()
+        self.model.eval()
+
+    @property
+    def fixed_mask(self) -> HeadSet:
+        """The heads the user masked for the whole run (``--mask-heads``)."""
+        return getattr(self.task, "fixed_mask", HeadSet())
+
+    @property
+    def target_lang(self) -> str:
+        return self.cfg.task.target_lang or "en"
+
+    def data_spec(self, subset: str, max_sentences: Optional[int] = None,
+                  max_batches: Optional[int] = None, seed: int = 1) -> DataSpec:
+        d = self.cfg.dataset
+        return DataSpec(subset=subset, max_sentences=max_sentences or None,
+                        max_batches=max_batches or None, seed=seed,
+                        max_tokens=d.max_tokens, batch_size=d.batch_size,
+                        required_batch_size_multiple=d.required_batch_size_multiple,
+                        skip_invalid_size_inputs=d.skip_invalid_size_inputs_valid_test,
+                        batching_seed=self.cfg.common.seed)
+
+    def select(self, spec: DataSpec) -> Selection:
+        return select(self.task, [self.model], spec, task_cfg=self.saved_cfg.task)
+
+    def samples(self, selection: Selection):
+        from .data import collate
+
+        return collate(self.task, selection.spec.subset, selection.batches)
+
+    def evaluator(self, selection: Selection, **kw):
+        from .evaluate import MaskEvaluator
+
+        return MaskEvaluator(self.model, self.task, selection, self.cfg, self.target_lang,
+                             fixed=self.fixed_mask, **kw)
+
+    def meta(self, **extra) -> dict:
+        """Provenance for every results file."""
+        import fairseq
+
+        from .. import __version__
+
+        a = self.args
+        meta = {
+            "command": "fairseq-headprune " + " ".join(sys.argv[1:]),
+            "checkpoint": os.path.abspath(a.path),
+            "data": os.path.abspath(a.data),
+            "source_lang": self.cfg.task.source_lang,
+            "target_lang": self.cfg.task.target_lang,
+            "mask_heads": self.fixed_mask.to_spec(),
+            "generation": {"beam": a.beam, "lenpen": a.lenpen, "max_len_a": a.max_len_a,
+                           "max_len_b": a.max_len_b, "remove_bpe": a.post_process,
+                           "max_tokens": a.max_tokens, "batch_size": a.batch_size},
+            "fp16": bool(a.fp16),
+            "device": "cuda" if self.use_cuda else "cpu",
+            "versions": {"fairseq_headprune": __version__, "fairseq": fairseq.__version__,
+                         "torch": torch.__version__},
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        meta.update(extra)
+        return meta
+
+    def importance(self, selection: Selection, loss_fn=None, loss_scale: float = 1.0,
+                   mask: HeadSet = HeadSet(), progress=None):
+        """Head importance of the model with ``mask`` and the fixed mask on (the mask
+        is the fixed one alone afterwards). Returns ``importance.Importance``."""
+        from ..models.head_model import set_head_mask
+        from . import importance as imp
+
+        samples = self.samples(selection)
+        set_head_mask(self.model, (mask | self.fixed_mask) or None)
+        try:
+            acc = imp.compute_importance(self.model, samples, loss_fn, loss_scale,
+                                         self.use_cuda, progress=progress)
+        finally:
+            set_head_mask(self.model, self.fixed_mask or None)
+        if acc.counts[2]:
+            logger.warning(f"skipped {int(acc.counts[2])} batches with non-finite gradients")
+        if acc.counts[1] == acc.counts[2]:
+            raise HeadPruneError("every batch had non-finite gradients; try a smaller "
+                                 "--importance-loss-scale")
+        return acc.result(imp.removed_map(self.model))
+
+    def other_task(self, data2: str):
+        """The task of another data directory, which must share the model's dictionaries
+        (cross-domain comparisons on a second corpus)."""
+        import copy
+
+        from fairseq import tasks
+        from omegaconf import open_dict
+
+        if not os.path.isdir(data2):
+            raise HeadPruneError(f"--compare-data {data2!r} is not a directory")
+        tcfg = copy.deepcopy(self.cfg.task)
+        with open_dict(tcfg):
+            tcfg.data = data2
+        try:
+            task2 = tasks.setup_task(tcfg)
+        except (FileNotFoundError, OSError) as e:
+            raise HeadPruneError(f"--compare-data {data2!r}: cannot load its dictionaries ({e})")
+        for side, a, b in (("source", self.task.source_dictionary, task2.source_dictionary),
+                           ("target", self.task.target_dictionary, task2.target_dictionary)):
+            if a.symbols != b.symbols:
+                raise HeadPruneError(
+                    f"--compare-data {data2!r}: its {side} dictionary differs from "
+                    f"{self.cfg.task.data!r} ({len(b)} vs {len(a)} symbols); both sets must "
+                    f"share the model's dictionaries")
+        return task2
