@@ -3,11 +3,12 @@
 One forward and one backward pass per batch, and only ∂L/∂ξ is computed: parameters
 are frozen for the pass (no weight gradients), each attention module keeps the context
 it feeds to out_proj, and ``torch.autograd.grad`` returns the gradients of those
-contexts alone. A gate of ones ξ[t, b, h] on head h's context would have the gradient
-g[t, b, h] = Σ_d ctx[t,b,h,d] · ∂L/∂ctx[t,b,h,d] (the paper's eq. 3, Att_h(x)ᵀ∂L/∂Att_h(x)),
-and because sentence b's loss depends only on its own positions, g[t, b, h] =
-∂L_b/∂ξ_{h,t,b}. Every granularity comes from that
-one gradient:
+contexts alone. A gate ξ[t, b, h] on head h's context (out_proj's input u = ξ·ctx) has
+the gradient g[t, b, h] = Σ_d ctx[t,b,h,d] · ∂L/∂u[t,b,h,d] (the paper's eq. 3,
+Att_h(x)ᵀ∂L/∂Att_h(x), at ξ = 1), and because sentence b's loss depends only on its
+own positions, g[t, b, h] = ∂L_b/∂ξ_{h,t,b}. The gradient is taken at the current
+mask: a masked head (ξ_h = 0) gets Σ_d ctx_h · ∂L/∂u_h with its unmasked context, not
+0. Removed heads have none. Every granularity comes from that one gradient:
 
 * ``token``    Σ_{t,b} |g[t,b,h]|          (the official MT code; t = the module's
                                              query positions: source tokens for E,
@@ -51,12 +52,12 @@ def frozen_parameters(model):
 def gated(model):
     modules = attention_modules(model)
     for m in modules.values():
-        m.gate_heads, m.last_context = True, None
+        m.gate_heads, m.last_context, m.last_context_unmasked = True, None, None
     try:
         yield modules
     finally:
         for m in modules.values():
-            m.gate_heads, m.last_context = False, None
+            m.gate_heads, m.last_context, m.last_context_unmasked = False, None, None
 
 
 @dataclass
@@ -193,8 +194,9 @@ def _query_padding(model, sample) -> Dict[str, torch.Tensor]:
 def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
     """One forward + backward of ``loss_fn(model, sample)`` (default: summed token NLL
     of the reference); returns ({(kind, layer): (∂L/∂ξ [T,B,H_kept] float64 or None,
-    kept original heads)}, all finite). The gradient of a gate of ones is
-    Σ_d ctx · ∂L/∂ctx over each head's slice of the context fed to out_proj."""
+    kept original heads)}, all finite). The gradient of ξ at its current value is
+    Σ_d ctx · ∂L/∂u over each head's slice, u the (masked) context fed to out_proj
+    and ctx the context before the mask (= u where no mask is set)."""
     loss_fn = loss_fn or (lambda m, s: sentence_nll(m, s).sum())
     with frozen_parameters(model), gated(model) as modules, torch.enable_grad():
         loss = loss_fn(model, sample)
@@ -209,7 +211,9 @@ def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
             gr = None
             if key in ctxs:
                 ctx = ctxs[key].detach()
-                g = by_key[key]
+                g = by_key[key]  # ∂L/∂u, u = out_proj's input
+                if m.last_context_unmasked is not None:
+                    ctx = m.last_context_unmasked  # masked heads: gradient at ξ_h = 0
                 if g is None:  # the loss does not depend on this module
                     g = torch.zeros_like(ctx)
                 T, B, _ = ctx.shape

@@ -7,9 +7,15 @@ The paper's head mask ξ_h multiplies head h's context vector before ``out_proj`
   gate and no head removed, ``forward`` is fairseq's own, fast path included, so an
   untouched model computes exactly what stock fairseq computes.
 * ``gate_heads`` makes the forward keep the (masked) context fed to ``out_proj`` as
-  ``last_context`` [tgt_len, bsz, heads*d], in the autograd graph: one backward pass
-  then gives ∂L/∂ξ per query position, sentence and head as Σ_d ctx·∂L/∂ctx (the
-  gradient of a gate of ones; see analysis/importance.py).
+  ``last_context`` [tgt_len, bsz, heads*d], in the autograd graph, and, when a mask is
+  set, the context before the mask as ``last_context_unmasked`` (detached): one
+  backward pass then gives ∂L/∂ξ at the current ξ per query position, sentence and
+  head as Σ_d ctx_unmasked·∂L/∂ctx (see analysis/importance.py).
+* Returned attention weights count only the heads that take part (present, ξ_h != 0):
+  averaged weights are their mean; per-head weights (``need_head_weights``) have one
+  row per present head, a masked head's row holding that same mean, so that fairseq's
+  decoder, which averages the rows for alignments, gets the mean over the heads that
+  take part. With no head taking part the weights are None.
 * ``remove_heads`` deletes the heads' rows of q/k/v (weights and biases) and columns of
   ``out_proj``. Any number of heads may be removed, all of them included (the module
   then outputs its ``out_proj`` bias). ``head_index`` (a buffer that exists only once
@@ -86,6 +92,7 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         self.register_buffer("head_mask", None, persistent=False)
         self.gate_heads = False
         self.last_context: Optional[Tensor] = None
+        self.last_context_unmasked: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -211,7 +218,7 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         if need_head_weights:
             need_weights = True
         if self.num_heads == 0:
-            return self._forward_no_heads(query, key, need_weights, need_head_weights)
+            return self._forward_no_heads(query)
         if incremental_state is None and not need_weights and not before_softmax:
             ctx = self._context_sdpa(query, key, value, key_padding_mask, static_kv,
                                      attn_mask)
@@ -226,10 +233,28 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         out = self.out_proj(self._scale_heads(ctx))
         if need_weights:
             tgt_len, bsz = query.shape[:2]
-            weights = weights.view(bsz, self.num_heads, tgt_len, -1).transpose(1, 0)
-            if not need_head_weights:
-                weights = weights.mean(dim=0)
+            weights = self._returned_weights(
+                weights.view(bsz, self.num_heads, tgt_len, -1).transpose(1, 0),
+                need_head_weights,
+            )
         return out, weights
+
+    def _returned_weights(self, weights: Tensor, need_head_weights: bool) -> Optional[Tensor]:
+        """weights [heads, B, T, S] of the present heads -> what forward returns: the
+        mean over heads with ξ != 0 ([B, T, S]), or with ``need_head_weights`` every
+        present head's row, masked heads' rows replaced by that mean (fairseq's decoder
+        averages these rows for --print-alignment; a first-k slice of them, as with
+        alignment_heads, mixes in that mean); None when no head takes part."""
+        mask = self._current_mask()
+        active = None if mask is None else mask.ne(0).to(weights.device)
+        if active is None or bool(active.all()):
+            return weights if need_head_weights else weights.mean(dim=0)
+        if not bool(active.any()):
+            return None  # like a module without heads: nothing attends
+        mean = weights[active].mean(dim=0)
+        if not need_head_weights:
+            return mean
+        return torch.where(active.view(-1, 1, 1, 1), weights, mean.unsqueeze(0))
 
     def _scale_heads(self, ctx: Tensor) -> Tensor:
         """ctx [T, B, heads*d] -> each head's slice times its mask; with gate_heads,
@@ -238,30 +263,31 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         if mask is None and not self.gate_heads:
             return ctx
         T, B, _ = ctx.shape
+        unmasked = ctx
         if mask is not None:
             ctx = ctx.view(T, B, self.num_heads, self.head_dim) * mask.to(ctx.dtype).view(1, 1, -1, 1)
         ctx = ctx.reshape(T, B, self.inner_dim)
         if self.gate_heads:
-            # ξ = 1 changes nothing in the forward pass, so instead of multiplying by a
-            # gate we keep the context fed to out_proj: ∂L/∂ξ_h = Σ_d ctx_h · ∂L/∂ctx_h.
+            # out_proj's input is u_h = ξ_h·c_h, so ∂L/∂ξ_h = Σ_d c_h · ∂L/∂u_h: keep u
+            # (in the graph) and, under a mask, c too, since for a masked head u_h = 0
+            # while its gradient is not. Without a mask c = u and nothing is copied.
             # (Below the first layer whose weights are frozen nothing requires grad, so
             # the first gated context becomes a leaf; no gradient is lost by that.)
             if not ctx.requires_grad:
                 ctx = ctx.detach().requires_grad_()
             self.last_context = ctx
+            self.last_context_unmasked = None if mask is None else unmasked.detach()
         return ctx
 
-    def _forward_no_heads(self, query, key, need_weights, need_head_weights):
+    def _forward_no_heads(self, query):
         tgt_len, bsz, _ = query.shape
         out = query.new_zeros(tgt_len, bsz, self.out_proj.out_features)
         if self.out_proj.bias is not None:
             out = out + self.out_proj.bias
-        weights = None
-        if need_weights:
-            src_len = key.size(0) if key is not None else tgt_len
-            shape = (0, bsz, tgt_len, src_len) if need_head_weights else (bsz, tgt_len, src_len)
-            weights = query.new_zeros(shape)
-        return out, weights
+        # No head attends anywhere: weights are None (an average over zero heads is
+        # NaN). fairseq's decoder and SequenceGenerator accept None; its
+        # --print-alignment generator does not (tests/test_attention_weights.py).
+        return out, None
 
     def _project(self, query, key, value):
         if self.self_attention:
