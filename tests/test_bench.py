@@ -1,6 +1,6 @@
 """Speed analysis: FLOP counts against hand counts, statistics, the interleaved timing
 loop, and the bench command's results files (structure and arithmetic; the speeds
-themselves are measured by benchmarks/bench_decoding.py, never asserted here)."""
+themselves are measured by timing/bench_decoding.py, never asserted here)."""
 
 import csv
 import json

@@ -1,11 +1,11 @@
 """How much does a single-head ablation sweep cost, in decodes of the evaluation set?
 
-    python benchmarks/bench_ablation.py DATA --path CKPT --results-dir DIR \\
+    python timing/bench_ablation.py DATA --path CKPT --results-dir DIR \\
         [--gen-subset test] [--kinds A] [--heads SPEC] [--repeats 3] \\
         [--bootstrap-workers 0,1] [--reference-generate] [fairseq-generate options]
 
 1. Loads the model once in this process and times ``--repeats`` decodes of the set with
-   the full model and with one head masked (the median is "one decode").
+   the full model and with one head masked, taking turns (the median is "one decode").
 2. Runs the real ``fairseq-headprune ablate`` (a fresh process, ``--overwrite``) for each
    ``--bootstrap-workers`` value and reads its sweep time back from the JSON.
 3. Prints and writes DIR/bench_ablation.json: sweep seconds / ((heads + 1) x one decode),
@@ -38,39 +38,37 @@ def add_bench_args(group):
 
 def main(argv):
     import fairseq_headprune  # noqa: F401
-    from fairseq_headprune.cli.common import Context, parse_args, setup_logging
+    from fairseq_headprune.analysis.session import Session
+    from fairseq_headprune.analysis.speed import time_interleaved
+    from fairseq_headprune.cli.common import parse_args, setup_logging  # options only
     from fairseq_headprune.heads import HeadSet, parse_kinds
-    from fairseq_headprune.models.head_model import model_head_shape, set_head_mask
+    from fairseq_headprune.models.head_model import model_head_shape
 
     setup_logging()
     args = parse_args("bench-ablation", argv, add_bench_args)
-    ctx = Context(args)
+    session = Session(args)
+    os.makedirs(args.results_dir, exist_ok=True)
     subset = args.gen_subset.split(",")[0]
-    dec = ctx.decoder(subset, args.max_eval_sentences)
-    shape = model_head_shape(ctx.model)
+    # the sentences ablate decodes (its --max-eval-sentences sample)
+    selection = session.select(session.data_spec(subset, args.max_eval_sentences,
+                                                 seed=getattr(args, "eval_seed", 1)))
+    ev = session.evaluator(selection, cache=False, progress=False)
+    shape = model_head_shape(session.model)
     heads = HeadSet.all_heads(shape, parse_kinds(args.kinds))
     if args.heads:
         heads = heads & HeadSet.parse(args.heads, shape)
     n_heads = len(heads)
 
-    def timed(mask):
-        set_head_mask(ctx.model, mask)
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            dec.translate(progress=False)
-            times.append(time.perf_counter() - t)
-        set_head_mask(ctx.model, None)
-        return times
-
-    timed(None)  # warm-up
-    full = timed(None)
-    masked = timed(HeadSet([next(iter(heads))]))
+    one_head = HeadSet([next(iter(heads))])
+    # the bench command's timing loop: full and one-head-masked decodes take turns
+    times = time_interleaved({"full": lambda: ev.translate(),
+                              "masked": lambda: ev.translate(one_head)}, 1, args.repeats)
+    full, masked = times["full"], times["masked"]
     one = statistics.median(full + masked)
-    report = {"subset": subset, "sentences": dec.nsentences, "heads": n_heads,
+    report = {"subset": subset, "sentences": ev.nsentences, "heads": n_heads,
               "single_decode_s": {"full": full, "one_head_masked": masked, "median": one},
               "sweeps": {}}
-    print(f"one decode of {subset} ({dec.nsentences} sentences): {one:.3f}s "
+    print(f"one decode of {subset} ({ev.nsentences} sentences): {one:.3f}s "
           f"(full {statistics.median(full):.3f}s, one head masked "
           f"{statistics.median(masked):.3f}s); {n_heads} heads -> budget 1.1 x "
           f"{n_heads + 1} x {one:.3f}s = {1.1 * (n_heads + 1) * one:.1f}s")

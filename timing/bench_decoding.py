@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Decoding and encoder speed of full, masked and removed models, in one run.
 
-    python benchmarks/bench_decoding.py DATA --path CKPT --prune-ratio 0.5 \\
+    python timing/bench_decoding.py DATA --path CKPT --prune-ratio 0.5 \\
         --importance importance.json --out results/bench [--generate-timing 3] \\
         [-- any further fairseq-headprune bench options, e.g. --threads 1]
 
-    python benchmarks/bench_decoding.py DATA --random-model --prune-ratio 0.5 --out DIR
+    python timing/bench_decoding.py DATA --random-model --prune-ratio 0.5 --out DIR
 
 1. ``--random-model``: first trains a 6-layer, 8-head, d=512 transformer
    (transformer_wmt_en_de) for one update at lr 1e-9 with stock fairseq-train (i.e.

@@ -4,7 +4,7 @@ Runs a short real fairseq-train (CPU by default) with the option at its default
 settings (importance on 2000 training sentences, 11-point curve on 200 validation
 sentences, beam 5) and reads the "head dynamics ... s, X% of the epoch" log lines.
 
-    python benchmarks/bench_dynamics_overhead.py DATA_BIN [--epochs 2] [--arch-args "..."]
+    python timing/bench_dynamics_overhead.py DATA_BIN [--epochs 2] [--arch-args "..."]
         [--max-tokens 4000] [--cpu/--no-cpu] [--extra "--fp16"]
 
 The goal (issue 6) is <= 15% of an epoch of the IWSLT recipe (160k sentence pairs,

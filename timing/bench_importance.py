@@ -6,14 +6,12 @@ token NLL of the reference). The importance pass computes only ∂L/∂ξ (param
 frozen, torch.autograd.grad on the head gates). Prints median times over repeats after
 warm-up, and the ratio (goal: <= 0.7).
 
-  python benchmarks/bench_importance.py DATA_BIN [--arch transformer_iwslt_de_en]
+  python timing/bench_importance.py DATA_BIN [--arch transformer_iwslt_de_en]
       [--heads 8] [--layers 6] [--subset valid] [--max-tokens 4000] [--batches 8]
 """
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
@@ -36,17 +34,6 @@ def build_model(data, arch, layers, heads, dim):
     return cfg, task, task.build_model(cfg.model).eval()
 
 
-def timed(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
@@ -63,6 +50,7 @@ def main(argv=None):
 
     from fairseq_headprune.analysis.decoding import batches_for
     from fairseq_headprune.analysis.importance import compute_importance
+    from fairseq_headprune.analysis.speed import summarize, time_interleaved
     from fairseq_headprune.criterions import sentence_nll
 
     cfg, task, model = build_model(a.data, a.arch, a.layers, a.heads, a.dim)
@@ -79,14 +67,12 @@ def main(argv=None):
     def importance_pass():
         compute_importance(model, batches)
 
-    # interleave the two measurements so drifts in machine load hit both alike
-    t_full, t_imp = [], []
-    for _ in range(a.warmup):
-        full_backward(); importance_pass()
-    for _ in range(a.repeats):
-        t_full += timed(full_backward, 0, 1)
-        t_imp += timed(importance_pass, 0, 1)
-    mf, mi = statistics.median(t_full), statistics.median(t_imp)
+    # the bench command's timing loop: the two take turns, so that drifts in machine
+    # load hit both alike
+    times = time_interleaved({"full": full_backward, "importance": importance_pass},
+                             a.warmup, a.repeats)
+    t_full, t_imp = times["full"], times["importance"]
+    mf, mi = summarize(t_full)["median"], summarize(t_imp)["median"]
     print(f"model: {a.arch} {a.layers}+{a.layers} layers, {a.heads} heads, d={a.dim}; "
           f"{len(batches)} batches, {ntok} target tokens, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")

@@ -1,28 +1,35 @@
 """Choosing heads to remove and writing a smaller fairseq checkpoint.
 
 ``select_least_important`` turns an importance file and a ratio into a HeadSet (the
-paper's pruning order); ``pruned_checkpoint_state`` turns an original checkpoint plus a
-model whose heads were removed into a checkpoint state that stock fairseq tools load
-(with ``--task translation_headprune``), and ``write_checkpoint`` writes it atomically.
+paper's pruning order; ``select_heads``: that or a spec, as export and bench take them);
+``pruned_checkpoint_state`` turns an original checkpoint plus a model whose heads were
+removed into a checkpoint state that stock fairseq tools load (with ``--task
+translation_headprune``), ``write_checkpoint`` writes it atomically, and
+``export_pruned`` does all of it (remove, write, reload to check, count).
 """
 
 import copy
 import io
-import math
+import logging
 import os
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
 from ..errors import HeadPruneError
-from ..heads import KINDS, HeadSet
+from ..heads import KINDS, HeadSet, HeadSpec, share_count
 from ..models.head_model import (
     PRUNED_HEADS_KEY,
     attention_modules,
+    model_head_shape,
+    parameter_counts,
+    remove_heads,
     removed_heads,
 )
 from ..results import atomic_write
-from .ranking import order_by_scores, take_with_floor
+from .ranking import load_importance, order_by_scores, take_with_floor
+
+logger = logging.getLogger("fairseq_headprune.export")
 
 
 def current_head_counts(model) -> Dict[str, list]:
@@ -31,11 +38,6 @@ def current_head_counts(model) -> Dict[str, list]:
     for (kind, _), module in attention_modules(model).items():
         out.setdefault(kind, []).append(module.num_heads)
     return out
-
-
-def ratio_count(ratio: float, n: int) -> int:
-    """round(ratio * n), halves rounded up (not Python's round-half-to-even)."""
-    return int(math.floor(ratio * n + 0.5))
 
 
 def select_least_important(model, scores, ratio: float, kinds: Iterable[str] = KINDS,
@@ -54,10 +56,25 @@ def select_least_important(model, scores, ratio: float, kinds: Iterable[str] = K
             f"(it has: {','.join(current_head_counts(model))})"
         )
     n = sum(sum(v) for v in present.values())
-    count = ratio_count(ratio, n)
+    count = share_count(ratio, n)
     order = order_by_scores(scores, kinds, exclude=removed_heads(model))
     chosen = take_with_floor(order, count, present, min_heads_per_layer)
     return chosen
+
+
+def select_heads(model, spec: Optional[HeadSpec], importance: Optional[str] = None,
+                 ratio: Optional[float] = None, kinds: Iterable[str] = KINDS,
+                 min_heads_per_layer: int = 0) -> Tuple[HeadSet, dict]:
+    """The heads ``spec`` names, or else the ``ratio`` least important by the
+    ``importance`` file (select_least_important); and how they were chosen, for the
+    results file."""
+    shape = model_head_shape(model)
+    if spec is not None:
+        return spec.resolve(shape), {"spec": spec.text}
+    heads = select_least_important(model, load_importance(importance, shape), ratio, kinds,
+                                   min_heads_per_layer)
+    return heads, {"prune_ratio": ratio, "importance": os.path.abspath(importance),
+                   "kinds": list(kinds), "min_heads_per_layer": min_heads_per_layer}
 
 
 def _set_cfg_value(model_cfg, key, value):
@@ -168,3 +185,50 @@ def parameter_summary(before: dict, after: dict, heads_before: Optional[dict] = 
         for kind in before[part]:
             out[part][kind] = row(before[part][kind], after[part][kind])
     return out
+
+
+def export_pruned(model, task, model_cfg, src_path: str, out: str, heads: HeadSet,
+                  verify: bool = True) -> Tuple[HeadSet, dict]:
+    """Remove ``heads`` from ``model`` (loaded from ``src_path``; ``model_cfg`` its saved
+    model config, which records them), write the checkpoint ``out`` and, with
+    ``verify``, reload it with ``task`` to check its heads and size (on failure ``out``
+    is deleted). Returns all heads removed now and before, and the export.json entries
+    from "removed_now" to "verified_reload"."""
+    shape = model_head_shape(model)
+    already = removed_heads(model)
+    before = parameter_counts(model)
+    before_bytes = tensor_bytes(model.state_dict())
+    new = heads - already
+    removed = remove_heads(model, heads, model_cfg=model_cfg)
+    after = parameter_counts(model)
+    logger.info(f"removing {len(new)} heads ({len(removed)} removed in all): "
+                f"{removed.to_spec() or '(none)'}")
+
+    state = pruned_checkpoint_state(src_path, model)
+    size = write_checkpoint(state, out)
+    del state
+
+    verified = None
+    if verify:
+        from fairseq import checkpoint_utils
+
+        models, _ = checkpoint_utils.load_model_ensemble([out], task=task)
+        check = models[0]
+        verified = (removed_heads(check) == removed
+                    and parameter_counts(check)["total"] == after["total"])
+        if not verified:
+            os.unlink(out)
+            raise HeadPruneError(f"{out!r} did not reload with the removed heads; deleted it")
+    return removed, {
+        "removed_now": {"spec": new.to_spec(), "count": len(new)},
+        "removed_in_all": {"spec": removed.to_spec(), "count": len(removed),
+                           "per_kind": {k: removed.count(k) for k in shape}},
+        "removed_before": {"spec": already.to_spec(), "count": len(already)},
+        "parameters": parameter_summary(before, after),
+        "bytes": {"source_file": os.path.getsize(src_path), "out_file": size,
+                  "model_tensors_before": before_bytes,
+                  "model_tensors_after": tensor_bytes(model.state_dict())},
+        "optimizer_state": "dropped (it has the original shapes); fine-tune with "
+                           "--finetune-from-model, or --restore-file starts a fresh optimizer",
+        "verified_reload": verified,
+    }

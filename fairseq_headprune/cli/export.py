@@ -11,13 +11,10 @@ exact shares removed, file sizes, provenance).
 """
 
 import argparse
-import logging
 import os
 import sys
 
 from ..errors import HeadPruneError
-
-logger = logging.getLogger("fairseq_headprune.export")
 
 
 def add_selection_args(group):
@@ -89,23 +86,10 @@ def stem(path):
 def main(argv):
     import torch
 
+    from ..analysis.export import export_pruned, select_heads
     from ..heads import HeadSpec, parse_kinds
-    from ..models.head_model import (
-        model_head_shape,
-        parameter_counts,
-        remove_heads,
-        removed_heads,
-    )
     from ..results import write_json
-    from ..analysis.export import (
-        parameter_summary,
-        pruned_checkpoint_state,
-        select_least_important,
-        tensor_bytes,
-        write_checkpoint,
-    )
-    from ..analysis.ranking import load_importance
-    from .common import Context, parse_args
+    from .common import open_session, parse_args
 
     pre = _preparse(argv)
     if pre.out and not pre.results_dir:
@@ -117,75 +101,25 @@ def main(argv):
     # The task must not remove --prune-heads itself: we count parameters before.
     args.prune_heads = None
     args.cpu = True  # export is CPU work; keeps the checkpoint's tensors on CPU
-    results_dir = args.results_dir
 
-    ctx = Context(args)
-    model = ctx.model
-    shape = model_head_shape(model)
-    already = removed_heads(model)
-    before = parameter_counts(model)
-    before_bytes = tensor_bytes(model.state_dict())
+    session = open_session(args)
+    heads, how = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,
+                              args.min_heads_per_layer)
+    out, source = os.path.abspath(args.out), os.path.abspath(args.path)
+    removed, facts = export_pruned(session.model, session.task, session.saved_cfg.model,
+                                   args.path, out, heads, verify=not args.no_verify)
 
-    if spec is not None:
-        heads = spec.resolve(shape)
-        how = {"spec": spec.text}
-    else:
-        scores = load_importance(args.importance, shape)
-        heads = select_least_important(model, scores, args.prune_ratio, kinds,
-                                       args.min_heads_per_layer)
-        how = {"prune_ratio": args.prune_ratio, "importance": os.path.abspath(args.importance),
-               "kinds": list(kinds), "min_heads_per_layer": args.min_heads_per_layer}
-    new = heads - already
-    removed = remove_heads(model, heads, model_cfg=ctx.saved_cfg.model)
-    after = parameter_counts(model)
-    logger.info(f"removing {len(new)} heads ({len(removed)} removed in all): "
-                f"{removed.to_spec() or '(none)'}")
-
-    state = pruned_checkpoint_state(args.path, model)
-    out = os.path.abspath(args.out)
-    size = write_checkpoint(state, out)
-    del state
-
-    verified = None
-    if not args.no_verify:
-        from fairseq import checkpoint_utils
-
-        models, _ = checkpoint_utils.load_model_ensemble([out], task=ctx.task)
-        check = models[0]
-        verified = (removed_heads(check) == removed
-                    and parameter_counts(check)["total"] == after["total"])
-        if not verified:
-            os.unlink(out)
-            raise HeadPruneError(f"{out!r} did not reload with the removed heads; deleted it")
-
-    heads_path = os.path.join(results_dir, stem(out) + ".heads.json")
-    write_json(heads_path, removed.to_json_obj(meta={"checkpoint": out,
-                                                     "source": os.path.abspath(args.path)}))
-    summary = parameter_summary(before, after)
-    report = {
-        "out": out,
-        "source": os.path.abspath(args.path),
-        "selection": how,
-        "removed_now": {"spec": new.to_spec(), "count": len(new)},
-        "removed_in_all": {"spec": removed.to_spec(), "count": len(removed),
-                           "per_kind": {k: removed.count(k) for k in shape}},
-        "removed_before": {"spec": already.to_spec(), "count": len(already)},
-        "parameters": summary,
-        "bytes": {"source_file": os.path.getsize(args.path), "out_file": size,
-                  "model_tensors_before": before_bytes,
-                  "model_tensors_after": tensor_bytes(model.state_dict())},
-        "optimizer_state": "dropped (it has the original shapes); fine-tune with "
-                           "--finetune-from-model, or --restore-file starts a fresh optimizer",
-        "verified_reload": verified,
-        "heads_file": heads_path,
-        "meta": ctx.meta(subcommand="export", torch=torch.__version__),
-    }
-    json_path = os.path.join(results_dir, stem(out) + ".export.json")
+    heads_path = os.path.join(args.results_dir, stem(out) + ".heads.json")
+    write_json(heads_path, removed.to_json_obj(meta={"checkpoint": out, "source": source}))
+    report = {"out": out, "source": source, "selection": how, **facts,
+              "heads_file": heads_path,
+              "meta": session.meta(subcommand="export", torch=torch.__version__)}
+    json_path = os.path.join(args.results_dir, stem(out) + ".export.json")
     write_json(json_path, report)
 
-    p = summary
+    p, size = facts["parameters"], facts["bytes"]
     lines = [
-        f"wrote {out} ({size:,} bytes; source {os.path.getsize(args.path):,} bytes)",
+        f"wrote {out} ({size['out_file']:,} bytes; source {size['source_file']:,} bytes)",
         f"removed heads: {len(removed)} of {p['heads']['all']['before']} "
         f"({p['heads']['all']['share_removed']['exact']}): {removed.to_spec() or '(none)'}",
         f"parameters: {p['total']['before']:,} -> {p['total']['after']:,} "

@@ -1,0 +1,102 @@
+"""The bench command's plot and text table, drawn from bench.json alone (written by
+``fairseq-headprune bench``; its rows are described in analysis/bench.py)."""
+
+import glob
+import os
+from typing import List
+
+from ..errors import HeadPruneError
+from ..results import read_json
+
+
+def plot(rows, path):
+    """Median speed-up over full against batch size, per part/beam and variant, with
+    the FLOP bound of the removed variant."""
+    from .plots import lines
+
+    series = {}
+    for r in rows:
+        if r["variant"] == "full":
+            continue
+        label = "encoder" if r["part"] == "encoder" else f"decode beam {r['beam']}"
+        series.setdefault(f"{label}: {r['variant']}", []).append(
+            (r["batch_size"], r["speedup"]["median"]))
+        if r["variant"] == "removed":
+            series.setdefault(f"{label}: FLOP bound", []).append((r["batch_size"], r["bound"]))
+    for pts in series.values():
+        pts.sort()
+    return lines(series, path, "speed-up over the full model", "batch size (sentences)",
+                 "speed-up (x)", logx=True, hline=1.0)
+
+
+def _is_bench(obj) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("rows"), list) and "variants" in obj
+
+
+def check_bench(obj, path: str) -> None:
+    """What ``plot`` reads of every row, so that a malformed file is one clear error."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not _is_bench(obj):
+        raise HeadPruneError(f"bench results file {path!r} is not one (expected variants "
+                             f"and a list of rows)")
+    for r in obj["rows"]:
+        if not (isinstance(r, dict) and r.get("part") in ("encoder", "decode")
+                and isinstance(r.get("variant"), str) and number(r.get("batch_size"))
+                and isinstance(r.get("speedup"), dict) and number(r["speedup"].get("median"))
+                and number(r.get("bound"))):
+            raise HeadPruneError(f"bench results file {path!r} has a row without part, "
+                                 f"variant, batch_size, speedup.median and bound")
+
+
+def redraw(results_dir: str) -> List[str]:
+    """Draw every bench PNG of ``results_dir`` from its bench JSON files: bench.json ->
+    bench.png, and so for any other bench*.json that holds bench rows (the timing
+    scripts' bench_ablation.json does not, and is left alone). Returns the paths
+    written (none where the folder holds no bench results)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "bench*.json"))):
+        obj = read_json(path, "bench results file")
+        if os.path.basename(path) != "bench.json" and not _is_bench(obj):
+            continue
+        check_bench(obj, path)
+        out.append(plot(obj["rows"], path[:-len(".json")] + ".png"))
+    return out
+
+
+def format_table(rows):
+    head = (f"{'part':8s} {'beam':>4s} {'batch':>5s} {'variant':8s} {'median s':>9s} "
+            f"{'[min, max]':>19s} {'sent/s':>8s} {'tok/s':>9s} {'speed-up':>8s} "
+            f"{'vs mask':>7s} {'bound':>6s} {'meas/bnd':>8s} {'peak mem':>9s}")
+    lines = [head]
+    for r in rows:
+        s = r["seconds"]
+        mem = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}MiB"
+        lines.append(
+            f"{r['part']:8s} {r['beam'] or '-':>4} {r['batch_size']:>5d} {r['variant']:8s} "
+            f"{s['median']:9.4f} [{s['min']:8.4f},{s['max']:8.4f}] "
+            f"{r['sentences_per_s']:8.1f} {r['tokens_per_s']:9.1f} "
+            f"{r['speedup']['median']:7.3f}x "
+            + (f"{r['speedup_vs_masked']['median']:6.3f}x " if "speedup_vs_masked" in r
+               else f"{'':7s} ")
+            + f"{r['bound']:5.3f}x {r['measured_over_bound']:8.3f} "
+            f"{mem:>9s}")
+    return "\n".join(lines)
+
+
+def summary_text(obj) -> str:
+    """What bench prints: the heads, the table, the goals' headline numbers."""
+    h = obj["heads"]
+    lines = [f"heads removed/masked: {h['count']} of {h['present_before']} ({h['spec']})",
+             format_table(obj["rows"])]
+    g = obj["goals"]
+    if "masked_worst_slowdown_vs_full" in g:
+        m = g["masked_worst_slowdown_vs_full"]
+        lines.append(f"masked vs full, worst case: {100 * m['slowdown']:+.1f}% slower "
+                     f"({m['part']}, beam {m['beam']}, batch {m['batch_size']})")
+    if "encoder_largest_batch" in g:
+        e = g["encoder_largest_batch"]
+        lines.append(f"encoder, batch {e['batch_size']}: speed-up {e['speedup']:.3f}x, bound "
+                     f"{e['bound']:.3f}x, measured/bound {e['measured_over_bound']:.3f}")
+    return "\n".join(lines)
