@@ -17,6 +17,7 @@ import torch
 
 from conftest import ROOT, TINY_ARCH, run
 from fairseq_headprune.analysis import dynamics as dyn
+from fairseq_headprune.tasks import dynamics_hooks as dyn_hooks
 
 USER_DIR = os.path.join(ROOT, "fairseq_headprune")
 SENT, IMP_SENT, BEAM, BSZ = 16, 64, 2, 8
@@ -128,6 +129,94 @@ def test_two_epochs_two_lines_equal_to_each_checkpoint(two_epochs, tiny, tmp_pat
     # logged: the figure and the overhead, and in fairseq's validation stats
     assert "head dynamics (epoch 2): unpruned BLEU" in log and "% of the epoch" in log
     assert "hd_bleu" in log and "hd_overhead" in log
+
+
+def train_epoch_stats(log):
+    """fairseq-train's end-of-epoch training stats: {epoch: (num_updates, loss)}."""
+    out = {}
+    for text in log.splitlines():
+        if "| train |" in text and "| epoch " in text:
+            fields = dict(f.strip().split(" ", 1) for f in text.split("| train |", 1)[1].split("|")
+                          if " " in f.strip())
+            out[int(fields["epoch"])] = (int(fields["num_updates"]), fields["loss"])
+    return out
+
+
+def test_interval_updates_mid_epoch_lines_leave_training_alone(two_epochs, tiny, trained_ckpt, tmp_path):
+    """--prune-curve-interval-updates 1 with a validation after every update: 3 interval
+    lines inside each 4-update epoch plus the 2 epoch lines. The importance slice is
+    taken from the training split mid-epoch; it must not touch the trainer's epoch
+    iterator (it used to replace the one the task watches for epoch ends: crash at the
+    next validation), nor change the training (same updates and losses as without)."""
+    save = tmp_path / "iv"
+    p = run(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "2", "--prune-curve-step", "0.5",
+                      "--prune-curve-interval-updates", "1", "--validate-interval-updates", "1"))
+    log = p.stderr + p.stdout
+    lines = lines_of(save)
+    assert [(l["epoch"], l["updates"], l["end_of_epoch"]) for l in lines] == [
+        (1, 1, False), (1, 2, False), (1, 3, False), (1, 4, True),
+        (2, 5, False), (2, 6, False), (2, 7, False), (2, 8, True)]
+    assert all(len(l["curve"]) == 3 and l["eval_sentences"] == SENT for l in lines)
+    assert all(l["importance"]["counts"]["sentences"] == IMP_SENT for l in lines)
+    assert "head dynamics (epoch 1, update 2)" in log
+    # the training is the one without the interval lines (two_epochs: same command)
+    ref_save, ref_log = two_epochs
+    ref = lines_of(ref_save)
+    assert train_epoch_stats(log) == train_epoch_stats(ref_log) == {
+        1: (4, train_epoch_stats(ref_log)[1][1]), 2: (8, train_epoch_stats(ref_log)[2][1])}
+    for mine, theirs in zip([l for l in lines if l["end_of_epoch"]], ref):
+        assert (mine["epoch"], mine["updates"]) == (theirs["epoch"], theirs["updates"])
+        assert mine["importance"]["E"] == theirs["importance"]["E"]
+        assert mine["unpruned"] == theirs["unpruned"]
+        at = {p["fraction"]: p for p in theirs["curve"]}
+        for point in mine["curve"]:
+            assert point["bleu"] == at[point["fraction"]]["bleu"]
+    state = torch.load(save / "checkpoint2.pt", map_location="cpu", weights_only=False)["task_state"]
+    assert [h["updates"] for h in state["head_dynamics"]] == list(range(1, 9))
+
+
+def test_selection_builds_no_iterator_and_only_the_trainers_is_watched(data_dir, monkeypatch):
+    """select_batches batches the split itself (fairseq's get_batch_iterator steps, same
+    batches as before), and the task's watched iterator is the one Trainer.get_train_iterator
+    makes, not another iterator over the training split."""
+    from fairseq import utils
+    from fairseq.trainer import Trainer
+
+    from helpers import build
+
+    task, model, _ = build(data_dir, extra=["--prune-curve-interval-updates", "1"])
+    task.load_dataset("valid")
+    train = task.dataset("valid")
+    monkeypatch.setattr(task.cfg, "train_subset", "valid")
+    settings = dyn.DynamicsSettings(seed=3, max_tokens=1000, required_batch_size_multiple=8)
+    reference = task.get_batch_iterator(  # what select_batches used to build
+        dataset=train, max_tokens=1000, seed=3, required_batch_size_multiple=8,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+        disable_iterator_cache=True).frozen_batches
+
+    class FakeTrainer(Trainer):
+        def __init__(self):  # noqa: D107  (only get_train_iterator's frame is needed)
+            pass
+
+        def get_train_iterator(self, epoch):
+            return task.get_batch_iterator(dataset=train, max_tokens=1000, epoch=epoch)
+
+    theirs = FakeTrainer().get_train_iterator(1)
+    state = task._dynamics()
+    assert state.train_itr is theirs and state.train_itr_from_trainer
+    other = task.get_batch_iterator(dataset=train, max_tokens=500, disable_iterator_cache=True)
+    assert state.train_itr is theirs and other is not theirs
+    monkeypatch.setattr(task, "get_batch_iterator", None)  # select_batches must not call it
+    batches = dyn.select_batches(task, "valid", [model], settings, None)
+    assert [[int(i) for i in b] for b in batches] == [[int(i) for i in b] for b in reference]
+    shuffled = dyn.select_batches(task, "valid", [model], settings, 64, shuffle_seed=3)
+    assert sum(len(b) for b in shuffled) >= 64 and shuffled != batches[:len(shuffled)]
+    assert state.train_itr is theirs
+    assert not dyn_hooks.epoch_exhausted(theirs)  # no epoch started yet: no crash
+    itr = theirs.next_epoch_itr(shuffle=False)
+    for _ in itr:
+        pass
+    assert dyn_hooks.epoch_exhausted(theirs)
 
 
 def test_resume_neither_repeats_nor_loses_an_epoch(two_epochs, tiny, trained_ckpt, tmp_path):

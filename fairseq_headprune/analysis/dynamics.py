@@ -142,7 +142,11 @@ def select_batches(task, subset: str, models, settings: DynamicsSettings,
     """Index lists of the batches of ``subset`` that fairseq-generate (and
     ``analysis.decoding.batches_for``) would make with these settings, optionally
     shuffled with ``shuffle_seed``, cut after ``max_sentences`` sentences. Nothing is
-    collated here, and the task's cached iterator (the trainer's) is left alone."""
+    collated here, and no fairseq epoch iterator is built: ``task.get_batch_iterator``
+    is not called at all (inside fairseq-train the task watches the iterators it makes
+    over the training split to find the trainer's, and a selection on that split used
+    to be taken for it), so the trainer's iterator, the task's iterator cache and the
+    dataset's epoch are left alone."""
     from fairseq import utils
 
     try:
@@ -155,19 +159,30 @@ def select_batches(task, subset: str, models, settings: DynamicsSettings,
         dataset = task.dataset(subset)
     if len(dataset) == 0:
         raise HeadPruneError(f"subset {subset!r} is empty")
+
+    def make_batches():
+        # Mirrors fairseq's FairseqTask.get_batch_iterator (fairseq 0.12.3), its inner
+        # make_batches(dataset, epoch) with epoch=1 (the default the old call used),
+        # whose result EpochBatchIterator.frozen_batches returns unchanged. Left out on
+        # purpose: dataset.set_epoch(1) (it would move the training split's epoch
+        # mid-training; a no-op for LanguagePairDataset) and the iterator itself.
+        from fairseq.data import data_utils
+
+        with data_utils.numpy_seed(settings.seed + 1):  # seed + epoch
+            indices = dataset.ordered_indices()
+        max_positions = utils.resolve_max_positions(
+            task.max_positions(), *[m.max_positions() for m in models])
+        if max_positions is not None:
+            indices = task.filter_indices_by_size(
+                indices, dataset, max_positions, settings.skip_invalid_size_inputs)
+        return dataset.batch_by_size(
+            indices, max_tokens=settings.max_tokens, max_sentences=settings.batch_size,
+            required_batch_size_multiple=settings.required_batch_size_multiple)
+
     try:
-        itr = task.get_batch_iterator(
-            dataset=dataset, max_tokens=settings.max_tokens, max_sentences=settings.batch_size,
-            max_positions=utils.resolve_max_positions(
-                task.max_positions(), *[m.max_positions() for m in models]),
-            ignore_invalid_inputs=settings.skip_invalid_size_inputs,
-            required_batch_size_multiple=settings.required_batch_size_multiple,
-            seed=settings.seed, num_shards=1, shard_id=0, num_workers=0,
-            disable_iterator_cache=True,
-        )
-    except AssertionError as e:
+        batches = [list(b) for b in make_batches() if len(b)]
+    except AssertionError as e:  # fairseq's batch_by_size: a sentence > max_tokens
         raise HeadPruneError(f"cannot batch subset {subset!r}: {e} (raise --max-tokens-valid)")
-    batches = [list(b) for b in itr.frozen_batches if len(b)]
     if shuffle_seed is not None and max_sentences:
         random.Random(shuffle_seed).shuffle(batches)
     if max_sentences:

@@ -4,6 +4,7 @@ is analysis/dynamics.py."""
 
 import logging
 import os
+import sys
 import time
 from typing import Optional
 
@@ -16,6 +17,37 @@ logger = logging.getLogger("fairseq_headprune.dynamics")
 STATE_KEY = "head_dynamics"
 
 
+def called_from_train_iterator(max_depth: int = 8) -> bool:
+    """Whether the running ``task.get_batch_iterator`` call was made by fairseq's
+    ``Trainer.get_train_iterator`` (or an override of it in a Trainer subclass): the one
+    place fairseq-train (and fairseq-hydra-train) builds the iterator it trains on, at
+    the start, every epoch and on checkpoint loads. Validation iterators
+    (``Trainer.get_valid_iterator``, even on the training split) and anything else that
+    batches the training split are not it."""
+    trainer_module = sys.modules.get("fairseq.trainer")
+    if trainer_module is None:  # no fairseq Trainer in this process
+        return False
+    trainer_cls = trainer_module.Trainer
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "get_train_iterator" and isinstance(
+                frame.f_locals.get("self"), trainer_cls):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def epoch_exhausted(itr) -> bool:
+    """``itr.end_of_epoch()``, False while no epoch of it has started (fairseq's
+    ``EpochBatchIterator.end_of_epoch`` reads the epoch iterator that ``next_epoch_itr``
+    makes, and fails before that)."""
+    if itr is None or getattr(itr, "_cur_epoch_itr", itr) is None:
+        return False
+    return bool(itr.end_of_epoch())
+
+
 class DynamicsState:
     def __init__(self, task):
         self.task = task
@@ -23,6 +55,7 @@ class DynamicsState:
         self.every_epoch = bool(cfg.prune_curve_every_epoch)
         self.interval = int(cfg.prune_curve_interval_updates or 0)
         self.train_itr = None
+        self.train_itr_from_trainer = False
         self.optimizer = None
         self.updates_seen = 0
         self.epoch_start: Optional[float] = None
@@ -56,9 +89,17 @@ class DynamicsState:
         self.path = os.path.join(cfg.prune_curve_save_dir, cfg.prune_curve_file)
 
     # -- bookkeeping ----------------------------------------------------------------
-    def note_iterator(self, dataset, itr):
+    def note_iterator(self, dataset, itr, from_trainer: bool):
         """Remember fairseq-train's training iterator (to tell epoch ends apart from
-        mid-epoch validations)."""
+        mid-epoch validations). ``from_trainer``: made by ``Trainer.get_train_iterator``
+        (``called_from_train_iterator``); that one always wins and is replaced only by
+        the trainer's next one. Without a fairseq Trainer (another driver), an iterator
+        over the training split is taken, as long as no trainer's has been seen."""
+        if from_trainer:
+            self.train_itr, self.train_itr_from_trainer = itr, True
+            return
+        if self.train_itr_from_trainer:
+            return
         try:
             train = self.task.dataset(self.task.cfg.train_subset)
         except KeyError:
@@ -97,7 +138,7 @@ class DynamicsState:
 
     # -- the hook ---------------------------------------------------------------------
     def maybe_run(self, epoch, model):
-        end = self.train_itr is not None and self.train_itr.end_of_epoch()
+        end = epoch_exhausted(self.train_itr)
         updates = self.num_updates()
         if updates == self.last_run_updates:
             return

@@ -156,7 +156,9 @@ class TranslationHeadPruneTask(TranslationTask):
     def get_batch_iterator(self, dataset, *args, **kwargs):
         itr = super().get_batch_iterator(dataset, *args, **kwargs)
         if self._dyn is not None or self.dynamics_enabled:
-            self._dynamics().note_iterator(dataset, itr)
+            from .dynamics_hooks import called_from_train_iterator
+
+            self._dynamics().note_iterator(dataset, itr, from_trainer=called_from_train_iterator())
         return itr
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
