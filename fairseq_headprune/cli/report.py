@@ -1,5 +1,9 @@
 """``fairseq-headprune report RESULTS_DIR``: RESULTS_DIR/report.md gathering every
-table and plot the commands wrote there (see report/markdown_report.py)."""
+table and plot the commands wrote there (see report/markdown_report.py).
+
+``--redraw`` first draws every plot of RESULTS_DIR again from its results files
+(importance.json, curve.json, ablation*.json, cross_domain*.json, dynamics.json or
+head_dynamics.jsonl, bench.json), without loading a model: see report/redraw.py."""
 
 import argparse
 import os
@@ -10,12 +14,21 @@ from ..results import write_text
 
 
 def main(argv):
-    p = argparse.ArgumentParser(prog="fairseq-headprune report", description=__doc__)
+    p = argparse.ArgumentParser(prog="fairseq-headprune report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results_dir")
     p.add_argument("--out", default=None, help="report file (default: RESULTS_DIR/report.md)")
+    p.add_argument("--redraw", action="store_true",
+                   help="rewrite every PNG of RESULTS_DIR from its results files first")
     args = p.parse_args(argv)
     if not os.path.isdir(args.results_dir):
         raise HeadPruneError(f"results folder {args.results_dir!r} does not exist")
+    if args.redraw:
+        from ..report.redraw import redraw_all
+
+        pngs = redraw_all(args.results_dir)
+        print(f"redrew {len(pngs)} plot{'s' if len(pngs) != 1 else ''}"
+              + (f": {', '.join(os.path.basename(p) for p in pngs)}" if pngs else ""))
     out = args.out or os.path.join(args.results_dir, "report.md")
     write_text(out, build_report(args.results_dir))
     print(f"report: {out}")

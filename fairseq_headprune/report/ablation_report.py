@@ -115,7 +115,8 @@ def write_ablation_reports(json_path: str) -> List[str]:
 def write_cross_domain_plot(json_path: str) -> str:
     c = read_json(json_path, "cross-domain file")
     r = c.get("pearson")
-    title = f"single-head ablation: Pearson r = {r:.2f}" if r is not None else "Pearson r undefined"
+    title = (f"single-head ablation, {c['a']} vs {c['b']}: "
+             + (f"Pearson r = {r:.2f}" if r is not None else "Pearson r undefined"))
     unit = "Δ " + METRIC_NAMES.get(c["metric"], c["metric"])
     return plots.scatter(c["delta_a"], c["delta_b"], _stem(json_path) + ".png", title,
                          f"{unit} on {c['a']}", f"{unit} on {c['b']}", labels=c["heads"])

@@ -79,8 +79,10 @@ def _section_importance(d):
     if obj is None:
         return None
     c = obj.get("counts", {})
-    text = [f"Estimated on `{(obj.get('meta') or {}).get('importance_subset', '?')}` "
-            f"({c.get('sentences', '?')} sentences), |.| per {obj.get('granularity')}, "
+    meta = obj.get("meta") or {}
+    subset = meta.get("importance_subset") or (meta.get("importance_data") or {}).get("subset", "?")
+    text = [f"Estimated on `{subset}` ({c.get('sentences', '?')} sentences), |.| per "
+            f"{obj.get('granularity')}, "
             f"{'l2-normalised per layer' if obj.get('normalize') else 'not normalised'}."]
     text += [_img(d, f"importance_{k}.png") for k in "EAD"]
     return "Head importance", text, obj
@@ -101,9 +103,11 @@ def _section_curve(d):
             p = next((p for p in curves[n] if p["fraction"] == fr), None)
             cells.append(f"{p['bleu']:.2f}" if p else "")
         lines.append(f"| {100 * fr:.0f} | " + " | ".join(cells) + " |")
+    from .redraw import curve_data
+
     s = obj.get("settings", {})
     text = [f"Order: {s.get('order')}{' (re-estimated each step)' if s.get('reestimate') else ''}; "
-            f"scored on `{s.get('subset')}`; tokenized BLEU.", "\n".join(lines),
+            f"scored on {curve_data(s)}; tokenized BLEU.", "\n".join(lines),
             _img(d, "curve.png"), f"*Paper:* {PAPER['curve']}"]
     return "Pruning curves", text, obj
 

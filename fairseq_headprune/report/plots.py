@@ -57,30 +57,43 @@ def heatmap(matrix: Sequence[Sequence[Optional[float]]], path: str, title: str,
                     txt = fmt.format(data[i, j])
                     if marks is not None and marks[i][j]:
                         txt += "*"
-                    ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white"
-                            if not center_zero else "black")
+                    r, g, b, _ = cm(im.norm(data[i, j]))  # dark text on light cells
+                    ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                            color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     fig.colorbar(im, ax=ax, label=cbar_label)
     return _save(fig, path)
 
 
 def lines(series: Dict[str, Sequence[tuple]], path: str, title: str, xlabel: str,
-          ylabel: str, logx: bool = False, hline: Optional[float] = None) -> str:
-    """One line per series name; each series is a list of (x, y)."""
+          ylabel: str, logx: bool = False, hline: Optional[float] = None,
+          hline_label: Optional[str] = None, labels: Optional[Dict[str, str]] = None) -> str:
+    """One line per series name; each series is a list of (x, y). ``hline``: a dashed
+    reference line (e.g. the unpruned baseline), named in the legend by ``hline_label``;
+    ``labels``: legend text per series name (default: the name)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in series.items():
         pts = [(x, y) for x, y in points if y is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                    label=(labels or {}).get(name, name))
     if hline is not None:
-        ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8, label=hline_label)
     if logx:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        xs = sorted({p[0] for pts in series.values() for p in pts if p[0] > 0})
+        if 0 < len(xs) <= 12:  # label the values drawn, as plain numbers
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        else:
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(series) > 1 or hline_label:
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -95,7 +108,14 @@ def scatter(x: Sequence[float], y: Sequence[float], path: str, title: str, xlabe
             ax.annotate(lab, (xi, yi), fontsize=6, alpha=0.7)
     lo = min(list(x) + list(y) + [0])
     hi = max(list(x) + list(y) + [0])
-    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.6, linestyle="--")
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.6, linestyle="--", label="y = x")
+    ax.axhline(0, color="black", linewidth=0.5)  # 0: no change from the full model
+    ax.axvline(0, color="black", linewidth=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.yaxis.set_major_locator(MaxNLocator(6))
+    ax.legend(fontsize=8, loc="best")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
