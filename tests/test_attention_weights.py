@@ -5,6 +5,7 @@ fairseq-generate --print-alignment."""
 
 import copy
 import os
+import subprocess
 
 import pytest
 import torch
@@ -227,13 +228,14 @@ def test_generate_print_alignment_with_masked_heads(data_dir, trained_ckpt):
         assert (all_heads - expected).abs().max() > 1e-3  # the mask matters
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the module returns None weights for a module without heads, and fairseq's "
-    "SequenceGeneratorWithAlignment calls .transpose(1, 0) on the empty attention it "
-    "then records (sequence_generator.py, generate); needs a generator-side fallback "
-    "in the task's build_generator"))
-def test_generate_print_alignment_with_all_heads_of_the_last_layer_removed(
-        data_dir, trained_ckpt):
-    hyps, aligns = generate_alignments(data_dir, trained_ckpt, "--prune-heads", "A:2:*")
-    assert len(hyps) == 120
-    assert "nan" not in " ".join(aligns.values()).lower()
+@pytest.mark.parametrize("flag", ["--prune-heads", "--mask-heads"])
+def test_print_alignment_without_heads_in_the_alignment_layer_is_one_line(
+        data_dir, trained_ckpt, flag):
+    p = subprocess.run(["fairseq-generate", data_dir, "--path", trained_ckpt, "--gen-subset",
+                        "valid", "--cpu", "--max-tokens", "4000", "--print-alignment", "soft",
+                        *USER, flag, "A:2:*"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "fairseq-headprune: error: --print-alignment reads the encoder-decoder attention of "
+        "decoder layer 2 (A:2), which has no heads left (all removed or masked); keep at "
+        "least one head there, or leave out --print-alignment")

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 from fairseq_headprune.analysis import speed
+from fairseq_headprune.analysis.data import DataSpec, select
 from fairseq_headprune.analysis.speed import AttnDims, LayerDims, ModelDims
 
 
@@ -120,9 +121,9 @@ def test_bench_writes_consistent_results(data_dir, trained_ckpt, tmp_path):
             if r["variant"] == "removed":
                 assert r["masked_equals_removed"] is True
                 # bound from the source lengths (tokens incl. EOS) of the 8 sentences
-                task, _ = load(trained_ckpt, data_dir)
-                task.load_dataset("test")
-                src = [int(task.dataset("test").src_sizes[i]) for i in range(8)]
+                task, model = load(trained_ckpt, data_dir)
+                sel = select(task, [model], DataSpec("test", max_sentences=8, batch_size=8))
+                src = [int(task.dataset("test").src_sizes[i]) for i in sel.ids]
                 f = sum(speed.decode_macs(full_dims, s, 5, r["beam"]) for s in src)
                 g = sum(speed.decode_macs(pruned_dims, s, 5, r["beam"]) for s in src)
                 assert r["bound"] == pytest.approx(f / g)

@@ -17,6 +17,7 @@ import torch
 
 from conftest import ROOT, TINY_ARCH, run
 from fairseq_headprune.analysis import dynamics as dyn
+from fairseq_headprune.analysis.data import select
 from fairseq_headprune.tasks import dynamics_hooks as dyn_hooks
 
 USER_DIR = os.path.join(ROOT, "fairseq_headprune")
@@ -206,11 +207,11 @@ def test_selection_builds_no_iterator_and_only_the_trainers_is_watched(data_dir,
     assert state.train_itr is theirs and state.train_itr_from_trainer
     other = task.get_batch_iterator(dataset=train, max_tokens=500, disable_iterator_cache=True)
     assert state.train_itr is theirs and other is not theirs
-    monkeypatch.setattr(task, "get_batch_iterator", None)  # select_batches must not call it
-    batches = dyn.select_batches(task, "valid", [model], settings, None)
-    assert [[int(i) for i in b] for b in batches] == [[int(i) for i in b] for b in reference]
-    shuffled = dyn.select_batches(task, "valid", [model], settings, 64, shuffle_seed=3)
-    assert sum(len(b) for b in shuffled) >= 64 and shuffled != batches[:len(shuffled)]
+    monkeypatch.setattr(task, "get_batch_iterator", None)  # the selector must not call it
+    batches = select(task, [model], dyn.data_spec(settings, "valid", None)).batches
+    assert batches == [[int(i) for i in b] for b in reference]
+    sample = select(task, [model], dyn.data_spec(settings, "valid", 64))
+    assert sample.nsentences == 64 and sample.describe()["seed"] == 3
     assert state.train_itr is theirs
     assert not dyn_hooks.epoch_exhausted(theirs)  # no epoch started yet: no crash
     itr = theirs.next_epoch_itr(shuffle=False)
@@ -338,5 +339,6 @@ def test_merge_line_replaces_and_drops():
 
 
 def test_gather_strings_single_worker():
-    w = dyn.SingleWorker()
-    assert dyn.gather_strings({1: "b ü", 0: "", 2: "c"}, 3, w) == ["", "b ü", "c"]
+    from fairseq_headprune.analysis.workers import SingleWorker
+
+    assert SingleWorker().gather_strings({1: "b ü", 0: "", 2: "c"}, 3) == ["", "b ü", "c"]

@@ -149,6 +149,13 @@ class _Done:
         return self._value
 
 
+def _check_same_set(base: dict, ids, key: str, values):
+    if list(ids) != base["ids"] or list(values) != base[key]:
+        raise HeadPruneError(
+            "the evaluation set differs from the one the stored full-model results were "
+            f"made on (other sentences or {key}); use --overwrite")
+
+
 class DecodeEvaluator:
     """Scores one decode of the set with a decoding metric (decoding by the package's
     one mask evaluator, ``evaluate.MaskEvaluator``)."""
@@ -171,10 +178,7 @@ class DecodeEvaluator:
                 "ids": list(out.ids), "hyps": list(out.hyps), "refs": list(out.refs)}
 
     def submit(self, base: dict, out):
-        if list(out.ids) != base["ids"] or list(out.refs) != base["refs"]:
-            raise HeadPruneError(
-                "the evaluation set differs from the one the stored full-model results "
-                "were made on (other sentences or references); use --overwrite")
+        _check_same_set(base, out.ids, "refs", out.refs)
         fut = self.pool.submit(self.metric, self.lang, self.n_samples, self.seed,
                                base["hyps"], list(out.hyps), base["refs"])
         identical = list(out.hyps) == base["hyps"]
@@ -209,10 +213,7 @@ class LossEvaluator:
                 "ids": list(out.ids), "nll": list(out.nll), "ntokens": list(out.ntokens)}
 
     def submit(self, base: dict, out):
-        if list(out.ids) != base["ids"] or list(out.ntokens) != base["ntokens"]:
-            raise HeadPruneError(
-                "the evaluation set differs from the one the stored full-model results "
-                "were made on; use --overwrite")
+        _check_same_set(base, out.ids, "ntokens", out.ntokens)
         p = significance.loss_paired_bootstrap(base["nll"], out.nll, out.ntokens,
                                                self.n_samples, self.seed)
         identical = out.nll == base["nll"]

@@ -50,20 +50,16 @@ def fresh_copy(model):
     return new
 
 
-def make_batches(task, subset, n, batch_size, use_cuda):
-    """The first n sentences of ``subset``, sorted by length (as fairseq batches),
-    cut into batches of ``batch_size`` sentences."""
+def make_batches(task, model, subset, n, batch_size, use_cuda):
+    """A seeded random sample of n sentences of ``subset`` (``data.select``, seed 1: the
+    same sentences for every batch size), in fairseq's length-sorted batches of
+    ``batch_size`` sentences."""
     from fairseq import utils
 
-    ds = task.dataset(subset)
-    n = min(n, len(ds))
-    ids = sorted(range(n), key=lambda i: (ds.src_sizes[i], ds.tgt_sizes[i]
-                                          if ds.tgt_sizes is not None else 0, i))
-    batches = []
-    for start in range(0, n, batch_size):
-        b = ds.collater([ds[i] for i in ids[start:start + batch_size]])
-        batches.append(utils.move_to_cuda(b) if use_cuda else b)
-    return batches
+    from .data import DataSpec, collate, select
+
+    sel = select(task, [model], DataSpec(subset, max_sentences=n, batch_size=batch_size))
+    return [utils.move_to_cuda(b) if use_cuda else b for b in collate(task, subset, sel.batches)]
 
 
 def _variants(model, heads, names):
@@ -110,7 +106,7 @@ def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=Fa
 
     rows = []
     for bs in s.batch_sizes:
-        batches = make_batches(task, subset, s.bench_sentences, bs, use_cuda)
+        batches = make_batches(task, model, subset, s.bench_sentences, bs, use_cuda)
         nsent = sum(b["nsentences"] for b in batches)
         src_tokens = int(sum(b["net_input"]["src_lengths"].sum() for b in batches))
         if "encoder" in s.parts:

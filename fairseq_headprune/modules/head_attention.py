@@ -59,6 +59,14 @@ def prune_linear(layer: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
     return new
 
 
+def _beams_times_source(equation: str, x: Tensor, kv: Tensor, kv_bsz: int, H: int, last: int) -> Tensor:
+    """fairseq's product of every beam of a sentence with that sentence's one cached
+    key/value (encoder-decoder attention, ``set_beam_size``): [B*beam*H, T, ...] x
+    [B*H, S, d], as in ``MultiheadAttention.forward``."""
+    return torch.einsum(equation, x.view((kv_bsz, -1, H) + x.size()[1:]),
+                        kv.view((kv_bsz, H) + kv.size()[1:])).reshape(-1, x.size(1), last)
+
+
 class HeadMaskedMultiheadAttention(MultiheadAttention):
     """See the module docstring. Build with ``convert`` from a stock module."""
 
@@ -400,12 +408,9 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             k, v, key_padding_mask, attn_mask = self._append_zero_attn(
                 k=k, v=v, key_padding_mask=key_padding_mask, attn_mask=attn_mask
             )
-        if self.encoder_decoder_attention and bsz != kv_bsz:
-            attn_weights = torch.einsum(
-                "bxhtd,bhsd->bxhts",
-                q.view((kv_bsz, -1, H) + q.size()[1:]),
-                k.view((kv_bsz, H) + k.size()[1:]),
-            ).reshape(-1, tgt_len, src_len)
+        shared_kv = self.encoder_decoder_attention and bsz != kv_bsz
+        if shared_kv:
+            attn_weights = _beams_times_source("bxhtd,bhsd->bxhts", q, k, kv_bsz, H, src_len)
         else:
             attn_weights = torch.bmm(q, k.transpose(1, 2))
         if attn_mask is not None:
@@ -421,12 +426,8 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             return attn_weights, v
         weights_float = utils.softmax(attn_weights, dim=-1)
         probs = self.dropout_module(weights_float.type_as(attn_weights))
-        if self.encoder_decoder_attention and bsz != kv_bsz:
-            ctx = torch.einsum(
-                "bxhts,bhsd->bxhtd",
-                probs.view((kv_bsz, -1, H) + probs.size()[1:]),
-                v.view((kv_bsz, H) + v.size()[1:]),
-            ).reshape(-1, tgt_len, d)
+        if shared_kv:
+            ctx = _beams_times_source("bxhts,bhsd->bxhtd", probs, v, kv_bsz, H, d)
         else:
             ctx = torch.bmm(probs, v)
         ctx = ctx.transpose(0, 1).contiguous().view(tgt_len, bsz, H * d)

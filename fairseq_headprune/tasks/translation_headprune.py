@@ -31,6 +31,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
+from ..errors import HeadPruneError
 from ..heads import HeadSet, HeadSpec
 from ..models.head_model import (
     attention_modules,
@@ -73,8 +74,8 @@ class TranslationHeadPruneConfig(TranslationConfig):
     prune_curve_subset: str = field(default="valid", metadata={
         "help": "split the curve is scored on"})
     prune_curve_sentences: Optional[int] = field(default=200, metadata={
-        "help": "score the curve on the first N sentences of --prune-curve-subset "
-                "(fairseq-generate's batching; 0 = all)"})
+        "help": "score the curve on a seeded random sample of N sentences of "
+                "--prune-curve-subset, the same every epoch (0 = all)"})
     prune_curve_beam: int = field(default=5, metadata={"help": "beam size for curve BLEU"})
     prune_curve_lenpen: float = field(default=1.0, metadata={"help": "length penalty"})
     prune_curve_max_len_a: float = field(default=1.2, metadata={
@@ -86,14 +87,14 @@ class TranslationHeadPruneConfig(TranslationConfig):
     prune_curve_importance_subset: Optional[str] = field(default=None, metadata={
         "help": "split to estimate importance on (default: --train-subset, as the paper)"})
     prune_curve_importance_sentences: Optional[int] = field(default=2000, metadata={
-        "help": "estimate importance on N sentences: the first batches of a seeded "
-                "shuffle of the split's batches, the same every epoch (0 = all)"})
+        "help": "estimate importance on a seeded random sample of N sentences, the "
+                "same every epoch (0 = all)"})
     prune_curve_granularity: ChoiceEnum(["sentence", "token", "batch"]) = field(
         default="sentence", metadata={"help": "where |dL/dxi| is taken (see importance)"})
     prune_curve_no_normalize: bool = field(default=False, metadata={
         "help": "do not l2-normalise importance per layer before ranking"})
     prune_curve_seed: int = field(default=1, metadata={
-        "help": "seed of the batching and of the importance slice"})
+        "help": "seed of the batching and of both sentence samples"})
     prune_curve_loss_scale: Optional[float] = field(default=None, metadata={
         "help": "loss scale for the importance pass (default: the trainer's current "
                 "--fp16 loss scale; 1 in fp32 and --amp)"})
@@ -151,6 +152,12 @@ class TranslationHeadPruneTask(TranslationTask):
         self.fixed_mask = mask
         return model
 
+    def build_generator(self, models, args, *rest, **kwargs):
+        if getattr(args, "print_alignment", None):
+            for model in models:
+                check_alignment_layer(model)
+        return super().build_generator(models, args, *rest, **kwargs)
+
     # ---- training dynamics: fairseq-train hooks ----------------------------------
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
@@ -189,6 +196,29 @@ class TranslationHeadPruneTask(TranslationTask):
 
             self._dyn = DynamicsState(self)
         return self._dyn
+
+
+def check_alignment_layer(model):
+    """--print-alignment averages the encoder-decoder attention of the decoder's
+    alignment layer over its heads; with none taking part there is nothing to print
+    (and fairseq's SequenceGeneratorWithAlignment fails on the empty attention)."""
+    decoder = getattr(model, "decoder", None)
+    layers = getattr(decoder, "layers", None)
+    if not layers:
+        return
+    index = getattr(decoder, "alignment_layer", None)
+    index = len(layers) - 1 if index is None or index < 0 else min(index, len(layers) - 1)
+    module = getattr(layers[index], "encoder_attn", None)
+    mask = getattr(module, "head_mask", None)
+    kept = getattr(module, "kept_heads", None)
+    if kept is None:
+        return
+    taking_part = [h for h in kept if mask is None or float(mask[h]) != 0]
+    if not taking_part:
+        raise HeadPruneError(
+            f"--print-alignment reads the encoder-decoder attention of decoder layer "
+            f"{index + 1} (A:{index + 1}), which has no heads left (all removed or masked); "
+            f"keep at least one head there, or leave out --print-alignment")
 
 
 def _cfg_get(cfg, key):
