@@ -318,7 +318,7 @@ def test_plot_dynamics(two_epochs, tmp_path):
     save, _ = two_epochs
     run(["fairseq-headprune", "plot-dynamics", str(save), "--out-dir", str(tmp_path)])
     rows = (tmp_path / "dynamics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 22
+    assert len(rows) == 1 + 22 and rows[0].endswith(",loss_bits_per_token")
     first = rows[1].split(",")
     assert first[:3] == ["1", str(lines_of(save)[0]["updates"]), "0.0"] and float(first[5]) == 1.0
     for name in ("dynamics_by_epoch.png", "dynamics_by_level.png"):

@@ -111,9 +111,13 @@ def write_dynamics(lines: Sequence[dict], out_dir: str, metric: str = "bleu",
                              f"in {source!r}")
     os.makedirs(out_dir, exist_ok=True)
     loss_key = _loss_key(lines)
+    # lines name their loss unit (bits per target token since head-dynamics lines have it)
+    units = {l.get("loss_unit") for l in lines}
+    loss_col = "loss_bits_per_token" if loss_key == "loss" and units and None not in units else (
+        loss_key or "loss")
     write_csv(os.path.join(out_dir, "dynamics.csv"),
               ["epoch", "updates", "fraction", "masked", "bleu", f"relative_{metric}", "sacrebleu",
-               loss_key or "loss"], rows_of(lines, metric, loss_key))
+               loss_col], rows_of(lines, metric, loss_key))
     if record:
         write_json(os.path.join(out_dir, PLOT_FILE), {
             "format": PLOT_FORMAT, "source": os.path.abspath(source) if source else None,
