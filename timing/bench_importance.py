@@ -48,15 +48,15 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
 
-    from fairseq_headprune.analysis.decoding import batches_for
+    from fairseq_headprune.analysis.data import DataSpec, collate, select
     from fairseq_headprune.analysis.importance import compute_importance
     from fairseq_headprune.analysis.speed import summarize, time_interleaved
     from fairseq_headprune.criterions import sentence_nll
 
-    cfg, task, model = build_model(a.data, a.arch, a.layers, a.heads, a.dim)
-    cfg.dataset.max_tokens = a.max_tokens
-    task.load_dataset(a.subset)
-    batches = batches_for(cfg, task, [model], a.subset)[: a.batches]
+    _, task, model = build_model(a.data, a.arch, a.layers, a.heads, a.dim)
+    # N of fairseq's batches of the subset, drawn in a seeded order (data.select)
+    spec = DataSpec(a.subset, max_batches=a.batches, max_tokens=a.max_tokens)
+    batches = collate(task, a.subset, select(task, [model], spec).batches)
     ntok = sum(int(b["ntokens"]) for b in batches)
 
     def full_backward():
