@@ -15,7 +15,9 @@ setup(
         "ve-fairseq>=0.12.3; python_version >= '3.11'",
         "fairseq>=0.12.2; python_version < '3.11'",
         # Install a CPU torch first (README); a range that it satisfies pulls nothing more.
-        "torch>=2.0",
+        # >= 2.6: torch.load's safe loader (weights_only=True) is the default there, and
+        # every checkpoint this package reads goes through it (fairseq_fixes.py).
+        "torch>=2.6",
         "sacremoses>=0.0.53",
         "sacrebleu>=2.3",
         "subword-nmt>=0.3.8",

@@ -257,3 +257,55 @@ def test_spec_naming_a_kind_the_model_lacks(data_dir, tmp_path):
         export_in_process(data_dir, ckpt, "--prune-ratio", "0.5", "--importance", imp,
                           "--kinds", "A", "--out", str(folder / "x.pt"))
     assert_no_file(folder)
+
+
+def shared_groups(weights):
+    """Names of the tensors that are one tensor (same storage), empty ones left out."""
+    groups = {}
+    for name, t in weights.items():
+        if torch_numel(t):
+            groups.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def torch_numel(t):
+    return t.numel() if hasattr(t, "numel") else 0
+
+
+def unique_bytes(weights):
+    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in weights.values() if torch_numel(t)}
+    return sum(seen.values())
+
+
+def check_export_shares_as_source(data, src, out):
+    """The exported file shares tensors exactly as the source does (tied embeddings
+    saved once), and holds the source's model bytes less the removed heads' fp32 weights
+    (plus the small int64 head_index buffers); the file is not much bigger than that."""
+    import torch
+
+    export(data, src, "--prune-heads", SPEC, "--out", out)
+    before = torch.load(src, map_location="cpu", weights_only=True)["model"]
+    after = torch.load(out, map_location="cpu", weights_only=True)["model"]
+    assert shared_groups(after) == shared_groups(before)
+    index_bytes = sum(t.numel() * t.element_size() for k, t in after.items()
+                      if k.endswith(".head_index"))
+    assert unique_bytes(before) - unique_bytes(after) == 9 * PER_HEAD * 4 - index_bytes
+    assert os.path.getsize(out) < unique_bytes(after) + 64 * 1024
+    return before, after
+
+
+def test_export_keeps_tied_embeddings_tied(data_dir, tmp_path):
+    """--share-decoder-input-output-embed: decoder.embed_tokens.weight and
+    decoder.output_projection.weight are one tensor in the source and in the export
+    (the old export saved a copy of each: the file grew by the embedding's size)."""
+    save = str(tmp_path / "tied")
+    train(data_dir, save, ["--share-decoder-input-output-embed"], updates=5)
+    before, after = check_export_shares_as_source(
+        data_dir, os.path.join(save, "checkpoint_last.pt"), str(tmp_path / "tied.pt"))
+    tied = ["decoder.embed_tokens.weight", "decoder.output_projection.weight"]
+    assert tied in shared_groups(before) and tied in shared_groups(after)
+
+
+def test_export_of_untied_model_shares_nothing(data_dir, trained_ckpt, tmp_path):
+    check_export_shares_as_source(data_dir, trained_ckpt, str(tmp_path / "stock.pt"))

@@ -46,6 +46,59 @@ class DataSpec:
             raise HeadPruneError("set --max-tokens or --batch-size to batch the data")
 
 
+def splits_in(folder: str) -> List[str]:
+    """The splits of a binarized fairseq data folder, from its ``SPLIT.SRC-TGT.LANG.idx``
+    files (sorted)."""
+    import os
+    import re
+
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = {m.group(1) for m in (re.match(r"^(.+)\.[^.]+-[^.]+\.[^.]+\.idx$", n) for n in names)
+             if m}
+    return sorted(found)
+
+
+def describe_splits(folder: str) -> str:
+    splits = splits_in(folder)
+    return (f"its splits: {', '.join(splits)}" if splits
+            else "it holds no binarized splits (SPLIT.SRC-TGT.LANG.idx files)")
+
+
+def check_data_folder(folder: str, source_lang=None, target_lang=None,
+                      option: str = "data folder") -> None:
+    """One line if ``folder`` is not a fairseq translation data folder: missing, not a
+    folder, no language pair to infer, or a dictionary missing."""
+    import os
+
+    if not os.path.exists(folder):
+        raise HeadPruneError(f"{option} {folder!r} does not exist (allowed: a folder written "
+                             f"by fairseq-preprocess)")
+    if not os.path.isdir(folder):
+        raise HeadPruneError(f"{option} {folder!r} is not a folder (allowed: a folder written "
+                             f"by fairseq-preprocess)")
+    names = sorted(os.listdir(folder))
+    if source_lang is None or target_lang is None:
+        from fairseq.data import data_utils
+
+        pair = data_utils.infer_language_pair(folder)
+        if pair == (None, None) or pair is None:
+            raise HeadPruneError(
+                f"{option} {folder!r} holds no binarized fairseq data to infer the language "
+                f"pair from (no SPLIT.SRC-TGT.LANG.idx files; it has: "
+                f"{', '.join(names[:10]) or 'nothing'}); pass --source-lang/--target-lang or "
+                f"a folder written by fairseq-preprocess")
+        source_lang, target_lang = source_lang or pair[0], target_lang or pair[1]
+    dicts = [n for n in names if n.startswith("dict.") and n.endswith(".txt")]
+    for lang in (source_lang, target_lang):
+        if not os.path.isfile(os.path.join(folder, f"dict.{lang}.txt")):
+            raise HeadPruneError(
+                f"{option} {folder!r} has no dictionary dict.{lang}.txt (dictionaries there: "
+                f"{', '.join(dicts) or 'none'}; {describe_splits(folder)})")
+
+
 def load_subset(task, subset: str, task_cfg=None):
     """The task's dataset ``subset``, loaded if needed, with one-line errors."""
     try:
@@ -53,15 +106,20 @@ def load_subset(task, subset: str, task_cfg=None):
     except KeyError:
         pass
     data = getattr(task.cfg, "data", "?")
+    folder = data.split(":")[0] if isinstance(data, str) else data
+    found = splits_in(folder) if isinstance(folder, str) else []
+    if found and subset not in found:  # (no .idx files at all: raw text, fairseq decides)
+        raise HeadPruneError(f"subset {subset!r} is not in {folder!r} ({describe_splits(folder)})")
     try:
         if task_cfg is not None:
             task.load_dataset(subset, task_cfg=task_cfg)
         else:
             task.load_dataset(subset)
     except FileNotFoundError as e:
-        raise HeadPruneError(f"subset {subset!r} not found in {data}: {e}")
+        raise HeadPruneError(f"subset {subset!r} not found in {data!r}: {e} "
+                             f"({describe_splits(folder)})")
     except ValueError as e:  # fairseq cannot mmap an empty split
-        raise HeadPruneError(f"subset {subset!r} of {data} cannot be loaded: {e} (empty split?)")
+        raise HeadPruneError(f"subset {subset!r} of {data!r} cannot be loaded: {e} (empty split?)")
     return task.dataset(subset)
 
 

@@ -84,6 +84,28 @@ def _set_cfg_value(model_cfg, key, value):
         setattr(model_cfg, key, value)
 
 
+def compact_state_dict(weights: dict, dtypes_from: dict) -> dict:
+    """``weights`` on the CPU, each floating-point tensor in the dtype of the tensor of
+    the same name in ``dtypes_from`` (fp16 checkpoints stay fp16), each a compact copy
+    (a sliced view would save its whole storage), and tensors that are one tensor in
+    the model (tied embeddings: ``--share-all-embeddings``,
+    ``--share-decoder-input-output-embed``) one tensor in the result too, so that
+    torch.save writes them once, as fairseq's own checkpoints do."""
+    out, copies = {}, {}
+    for key, value in weights.items():
+        value = value.detach()
+        old = dtypes_from.get(key)
+        dtype = value.dtype
+        if (torch.is_tensor(old) and old.is_floating_point() and value.is_floating_point()):
+            dtype = old.dtype
+        same = (key,) if value.numel() == 0 else (value.device, value.untyped_storage().data_ptr(), value.storage_offset(),
+                tuple(value.shape), tuple(value.stride()), value.dtype, dtype)
+        if same not in copies:
+            copies[same] = value.cpu().to(dtype).clone(memory_format=torch.contiguous_format)
+        out[key] = copies[same]
+    return out
+
+
 def pruned_checkpoint_state(src_path: str, model) -> dict:
     """The checkpoint at ``src_path`` with ``model``'s weights (heads removed) and the
     removed heads recorded in ``cfg.model.pruned_heads``.
@@ -100,13 +122,7 @@ def pruned_checkpoint_state(src_path: str, model) -> dict:
 
     state = checkpoint_utils.load_checkpoint_to_cpu(src_path)
     original = state["model"]
-    new_model = {}
-    for key, value in model.state_dict().items():
-        value = value.detach().cpu()
-        old = original.get(key)
-        if old is not None and old.is_floating_point() and value.is_floating_point():
-            value = value.to(old.dtype)
-        new_model[key] = value.clone()
+    new_model = compact_state_dict(model.state_dict(), original)
     lost = [k for k in original if k not in new_model]
     if lost:
         raise HeadPruneError(
@@ -137,9 +153,7 @@ def pruned_checkpoint_state(src_path: str, model) -> dict:
         # to the kept heads with the attention modules' own upgrade logic.
         ema_model = copy.deepcopy(model)
         ema_model.load_state_dict(extra["ema"], strict=True)
-        extra["ema"] = {k: v.detach().cpu().to(extra["ema"][k].dtype)
-                        if k in extra["ema"] and v.is_floating_point() else v.detach().cpu()
-                        for k, v in ema_model.state_dict().items()}
+        extra["ema"] = compact_state_dict(ema_model.state_dict(), extra["ema"])
         extra.pop("ema_fp32_params", None)
     return state
 

@@ -43,9 +43,31 @@ class Session:
         paths = utils.split_paths(cfg.common_eval.path)
         if len(paths) != 1:
             raise HeadPruneError(f"--path names {len(paths)} checkpoints; give exactly one")
-        if not os.path.isfile(paths[0]):
-            raise HeadPruneError(f"checkpoint {paths[0]!r} does not exist")
-        self.task = tasks.setup_task(cfg.task)
+        from ..fairseq_fixes import check_checkpoint_path
+        from .data import check_data_folder, describe_splits, splits_in
+
+        check_checkpoint_path(paths[0])  # read in full (load_checkpoint_file) below
+        data = utils.split_paths(cfg.task.data)[0] if cfg.task.data else None
+        if data is None:
+            raise HeadPruneError("the data folder (DATA) is required")
+        check_data_folder(data, cfg.task.source_lang, cfg.task.target_lang)
+        # the subsets the command names, before anything is loaded or written (the
+        # default --gen-subset 'test' is left to load_subset: not every command reads it)
+        splits = splits_in(data)
+        for option, value in (("--gen-subset", args.gen_subset),
+                              ("--importance-subset", getattr(args, "importance_subset", None)),
+                              ("--select-subset", getattr(args, "select_subset", None))):
+            if not value or not splits or (option == "--gen-subset" and value == "test"):
+                continue
+            for subset in (s.strip() for s in str(value).split(",") if s.strip()):
+                if subset not in splits:
+                    raise HeadPruneError(f"{option} {subset!r} is not a split of {data!r} "
+                                         f"({describe_splits(data)})")
+        try:
+            self.task = tasks.setup_task(cfg.task)
+        except FileNotFoundError as e:
+            raise HeadPruneError(f"data folder {data!r} cannot be loaded: {e} "
+                                 f"({describe_splits(data)})") from None
         logger.info(f"loading model from {paths[0]}")
         models, self.saved_cfg = checkpoint_utils.load_model_ensemble(
             paths, arg_overrides=model_overrides(cfg.common_eval.model_overrides), task=self.task)
@@ -145,15 +167,17 @@ class Session:
         from fairseq import tasks
         from omegaconf import open_dict
 
-        if not os.path.isdir(data2):
-            raise HeadPruneError(f"--compare-data {data2!r} is not a directory")
+        from .data import check_data_folder
+
+        check_data_folder(data2, self.cfg.task.source_lang, self.cfg.task.target_lang,
+                          option="--compare-data")
         tcfg = copy.deepcopy(self.cfg.task)
         with open_dict(tcfg):
             tcfg.data = data2
         try:
             task2 = tasks.setup_task(tcfg)
         except (FileNotFoundError, OSError) as e:
-            raise HeadPruneError(f"--compare-data {data2!r}: cannot load its dictionaries ({e})")
+            raise HeadPruneError(f"--compare-data {data2!r}: cannot load its dictionaries ({e})") from None
         for side, a, b in (("source", self.task.source_dictionary, task2.source_dictionary),
                            ("target", self.task.target_dictionary, task2.target_dictionary)):
             if a.symbols != b.symbols:

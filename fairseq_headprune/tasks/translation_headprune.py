@@ -251,12 +251,10 @@ def training_checkpoint_path(cfg) -> Optional[str]:
 def heads_removed_in_checkpoint(path: str, model) -> HeadSet:
     """Heads missing from a checkpoint: its ``head_index`` buffers, plus the removals
     recorded in its model config, mapped onto ``model``'s attention modules."""
-    import torch
+    from ..fairseq_fixes import load_checkpoint_file
 
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True)
-    except RuntimeError:  # not a zip-format file: no mmap
-        state = torch.load(path, map_location="cpu")
+    # torch.load(path, weights_only=True, mmap=True for zip files), one line per bad file
+    state = load_checkpoint_file(path, mmap=True)
     weights = state.get("model") or {}
     names = {id(m): n for n, m in model.named_modules()}
     heads = []
