@@ -1,27 +1,61 @@
 """Orders in which to prune heads, and importance files read back.
 
 An importance file is ``{"E": [[float|null per head] per layer], "A": ..., "D": ...,
-"meta": {...}}`` (layer 1 and head 1 first; null marks a head already removed)."""
+"meta": {...}}`` (layer 1 and head 1 first; null marks a head already removed), as
+``fairseq-headprune importance`` writes it; it has no ``format`` field, so a file that
+has one (an ablation, curve or spec file given by mistake) is refused. Scores are
+absolute gradients: finite numbers >= 0. A file must fit the model head for head, hold
+at least one score, and, when the caller passes the model's removed heads, hold null
+for those heads only."""
 
+import math
 import random
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import HeadPruneError
-from ..heads import KINDS, Head, HeadSet, Shape
+from ..heads import KINDS, Head, HeadSet, Shape, _brief, _cut, _json_type
 from ..results import read_json
 
 Scores = Dict[str, List[List[Optional[float]]]]
 
+EXPECTED = ('(expected an importance file as fairseq-headprune importance writes it: '
+            '{"E": [[score per head] per layer], "A": ..., "D": ...})')
 
-def load_importance(path: str, shape: Shape) -> Scores:
-    """Read an importance file and check it fits a model of ``shape``."""
-    obj = read_json(path, "importance file")
+
+def load_importance(path: str, shape: Shape, removed: Optional[HeadSet] = None) -> Scores:
+    """Read an importance file and check it fits a model of ``shape`` (see
+    ``check_fits``; ``removed``: the model's removed heads, the only ones that may be
+    null)."""
+    what = f"importance file {path!r}"
+    try:
+        obj = read_json(path, "importance file")
+    except RecursionError:
+        raise HeadPruneError(f"{what} is nested too deeply to be one {EXPECTED}")
+    except OSError as e:
+        raise HeadPruneError(f"{what} cannot be read: {_cut(e, 120)}")
+    if not isinstance(obj, dict):
+        raise HeadPruneError(f"{what} holds a JSON {_json_type(obj)}, not an object {EXPECTED}")
+    if "format" in obj and not str(obj["format"]).startswith("fairseq-headprune/importance"):
+        raise HeadPruneError(f"{what} is a {_cut(_brief(obj['format']), 60)} file, not an importance file "
+                             f"{EXPECTED}")
+    if not any(k in obj for k in KINDS):
+        raise HeadPruneError(f"{what} has no E, A or D scores {EXPECTED}")
     scores = {k: obj[k] for k in KINDS if k in obj}
-    check_fits(scores, shape, f"importance file {path!r}")
+    check_fits(scores, shape, what, removed)
     return scores
 
 
-def check_fits(scores: Scores, shape: Shape, what: str):
+def check_fits(scores: Scores, shape: Shape, what: str, removed: Optional[HeadSet] = None):
+    """Refuse scores that do not fit a model of ``shape`` head for head, a score that is
+    not a finite number >= 0 (or null), all-null scores (nothing to rank), and, when
+    ``removed`` (the model's removed heads) is given, a null for a head the model has."""
+    for kind in KINDS:
+        got = scores.get(kind)
+        if got is None:
+            got = []
+        if not isinstance(got, list) or not all(isinstance(row, list) for row in got):
+            raise HeadPruneError(f"{what}: {kind} is not a list of layers, each a list of "
+                                 f"scores per head {EXPECTED}")
     for kind in KINDS:
         want = shape.get(kind) or []
         got = scores.get(kind) or []
@@ -30,6 +64,36 @@ def check_fits(scores: Scores, shape: Shape, what: str):
                 f"{what} does not fit this model: {kind} has "
                 f"{[len(l) for l in got]} heads per layer there, the model has {list(want)}"
             )
+    n_scores = 0
+    for kind in KINDS:
+        for layer, row in enumerate(scores.get(kind) or [], 1):
+            for head, value in enumerate(row, 1):
+                name = f"{kind}:{layer}:{head}"
+                if value is None:
+                    if removed is not None and (kind, layer, head) not in removed:
+                        raise HeadPruneError(
+                            f"{what}: head {name} has no score (null), but this model has "
+                            f"that head (allowed: null only for heads removed from the model"
+                            f"{': ' + removed.to_spec() if removed else ', and it has none'})")
+                    continue
+                if not _score(value):
+                    raise HeadPruneError(
+                        f"{what}: head {name} has score {_cut(_brief(value))} (allowed: a "
+                        f"finite number >= 0, or null for a head removed from the model)")
+                n_scores += 1
+    if not n_scores:
+        raise HeadPruneError(f"{what} has no scores: every head is null, so there is "
+                             f"nothing to rank (allowed: a score for every head the model has)")
+
+
+def _score(value) -> bool:
+    """A finite number >= 0 (not a boolean, not a string)."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def order_by_scores(scores: Scores, kinds: Iterable[str] = KINDS,
