@@ -32,12 +32,12 @@ import signal
 import sys
 
 from ..analysis import ablation as ab
-from ..analysis import significance
 from ..analysis.data import select
 from ..errors import HeadPruneError
 from ..heads import parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
-from .common import add_bootstrap_args, add_eval_args, logger, open_session, out_path, parse_args
+from .common import (add_bootstrap_args, add_eval_args, check_bootstrap_args, logger,
+                     nonnegative_int, open_session, out_path, parse_args, require_heads)
 
 
 def add_args(group):
@@ -48,7 +48,7 @@ def add_args(group):
     group.add_argument("--metric", default="bleu", choices=ab.METRICS,
                        help="bleu (default: tokenized BLEU), sacrebleu, chrf or loss")
     add_bootstrap_args(group)
-    group.add_argument("--bootstrap-workers", type=int, default=None, metavar="N",
+    group.add_argument("--bootstrap-workers", type=nonnegative_int, default=None, metavar="N",
                        help="processes running bootstraps while the next head decodes "
                             "(0: inline; default 1 on machines with more than 2 CPUs, else 0: "
                             "there a worker slows the decoding more than it saves)")
@@ -65,11 +65,10 @@ def add_args(group):
 
 
 def check_args(args):
-    significance.check_settings(args.alpha, args.bootstrap_samples, args.bootstrap_seed)
+    check_bootstrap_args(args)
+    require_heads(args.heads, "--heads")
     if args.bootstrap_workers is None:
         args.bootstrap_workers = 1 if (os.cpu_count() or 1) > 2 else 0
-    if args.bootstrap_workers < 0:
-        raise HeadPruneError(f"--bootstrap-workers {args.bootstrap_workers} must be 0 or more")
     if args.compare_subset and not args.compare_data:
         raise HeadPruneError("--compare-subset needs --compare-data DIR2")
     parse_kinds(args.kinds)

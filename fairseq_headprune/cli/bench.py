@@ -10,7 +10,6 @@ bench.csv and bench.png (drawn from bench.json by report/bench.py).
 """
 
 import logging
-import os
 import sys
 
 from ..analysis.bench import PARTS, VARIANTS
@@ -31,52 +30,38 @@ def _int_list(text, what):
 
 
 def add_args(group):
+    from .common import nonnegative_int, positive_int
     from .export import add_selection_args
 
     add_selection_args(group)
     group.add_argument("--batch-sizes", default="1,4,16,64", metavar="LIST",
                        help="sentences per batch (default 1,4,16,64)")
     group.add_argument("--beams", default="1,5", metavar="LIST", help="beam sizes (default 1,5)")
-    group.add_argument("--bench-sentences", type=int, default=128, metavar="N",
+    group.add_argument("--bench-sentences", type=positive_int, default=128, metavar="N",
                        help="sentences of --gen-subset to time (at least the largest batch)")
-    group.add_argument("--repeats", type=int, default=5, metavar="N", help="timed rounds")
-    group.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed rounds")
+    group.add_argument("--repeats", type=positive_int, default=5, metavar="N", help="timed rounds")
+    group.add_argument("--warmup", type=nonnegative_int, default=1, metavar="N", help="untimed rounds")
     group.add_argument("--parts", default="encoder,decode", metavar="LIST",
                        help="what to time: encoder, decode or both")
     group.add_argument("--variants", default="full,masked,removed", metavar="LIST",
                        help="variants to time (full is always included)")
-    group.add_argument("--threads", type=int, default=None, metavar="N",
+    group.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="torch CPU threads (default: torch's choice); 1 gives steadier "
                             "timings on a shared machine")
-    group.add_argument("--fixed-length", type=int, default=None, metavar="L",
+    group.add_argument("--fixed-length", type=positive_int, default=None, metavar="L",
                        help="decode exactly L tokens (+EOS) per hypothesis (sets --min-len L "
                             "--max-len-a 0 --max-len-b L) so that all variants do the same "
                             "number of steps; default: free decoding, as fairseq-generate")
 
 
 def check_args(args):
-    if bool(args.prune_heads) == (args.prune_ratio is not None):
-        raise HeadPruneError("give exactly one of --prune-heads SPEC and --prune-ratio R")
-    if args.prune_ratio is not None:
-        if not (0.0 <= args.prune_ratio <= 1.0):
-            raise HeadPruneError(f"--prune-ratio {args.prune_ratio:g} is outside [0, 1]")
-        if not args.importance:
-            raise HeadPruneError("--prune-ratio needs --importance FILE")
-        if not os.path.isfile(args.importance):
-            raise HeadPruneError(f"importance file {args.importance!r} does not exist")
+    from .export import check_selection
+
+    check_selection(args)
     if args.mask_heads:
         raise HeadPruneError("bench masks the heads it removes itself; drop --mask-heads")
     args.batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
     args.beams = _int_list(args.beams, "--beams")
-    for name in ("repeats", "bench_sentences"):
-        if getattr(args, name) < 1:
-            raise HeadPruneError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
-    if args.fixed_length is not None and args.fixed_length < 1:
-        raise HeadPruneError(f"--fixed-length {args.fixed_length} must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        raise HeadPruneError(f"--threads {args.threads} must be >= 1")
-    if args.warmup < 0:
-        raise HeadPruneError(f"--warmup {args.warmup} must be >= 0")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:

@@ -1,16 +1,20 @@
 """What every model-reading subcommand shares: fairseq's own generation parser (so
 ``DATA --path CKPT --gen-subset --beam --lenpen --max-tokens --remove-bpe --cpu
 --fp16 ...`` mean what they mean to fairseq-generate), the options that mean the same
-in every command, and the model session (analysis/session.py)."""
+in every command, with one range rule each (the argparse ``type=`` helpers below, so
+argparse itself prints the one line), and the model session (analysis/session.py)."""
 
 import argparse
 import logging
+import math
 import os
+import re
 import sys
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from ..analysis.session import Session
 from ..errors import HeadPruneError
+from ..results import check_folder, claim_folder
 
 logger = logging.getLogger("fairseq_headprune")
 
@@ -26,29 +30,98 @@ def setup_logging():
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
+# -- argparse type= helpers: one rule per option, in every command -----------------------
+# A bad value gives "OPTION VALUE is ... (allowed: ...)": parse_args turns argparse's
+# errors into HeadPruneError, so in-process callers get the exception and the command
+# line gets the package's one line.
+
+def _number(kind, test, allowed, problem="is not allowed"):
+    def convert(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or not test(value):
+            raise argparse.ArgumentTypeError(f"{text} {problem} (allowed: {allowed})")
+        return value
+    return convert
+
+
+positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
+nonnegative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
+fraction_open = _number(float, lambda v: 0 < v < 1, "a number with 0 < x < 1", "is out of range")
+fraction_closed = _number(float, lambda v: 0 <= v <= 1, "a number with 0 <= x <= 1", "is outside [0, 1]")
+sample_size = _number(int, lambda v: v >= 1, "a whole number >= 1; leave the option out for all")
+
+
+def _parser_error(message):
+    m = re.match(r"argument (\S+?): (.+\(allowed: [^()]*\))$", message)
+    if m:  # one of the helpers above: "--opt VALUE is ... (allowed: ...)"
+        message = f"{m.group(1).split('/')[0]} {m.group(2)}"
+    raise HeadPruneError(message)
+
+
+def require_heads(text: Optional[str], option: str) -> None:
+    """One rule where a head spec is required: an empty or blank one is refused."""
+    if text is not None and not str(text).replace(";", " ").strip():
+        raise HeadPruneError(f"{option} {text!r} is empty (allowed: heads as KIND:LAYERS:HEADS, "
+                             f"e.g. E:1:6,8, or @file.json)")
+
+
+def _check_fairseq_numbers(parser, args):
+    """fairseq's own options: --beam >= 1, and no NaN or infinite number anywhere."""
+    if getattr(args, "beam", 1) < 1:
+        raise HeadPruneError(f"--beam {args.beam} is not allowed (allowed: a whole number >= 1)")
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if (isinstance(value, float) and not math.isfinite(value) and value != action.default
+                and action.option_strings):
+            raise HeadPruneError(f"{action.option_strings[-1]} {value} is not allowed (allowed: a finite number)")
+
+
 def parse_args(prog: str, argv: List[str], add_args: Callable[[argparse.ArgumentParser], None]):
-    """fairseq's generation parser + this subcommand's options."""
+    """fairseq's generation parser + this subcommand's options, every check that
+    needs no model done."""
     from fairseq import options
 
     parser = options.get_generation_parser(default_task="translation_headprune")
     parser.prog = f"fairseq-headprune {prog}"
+    parser.error = _parser_error  # one line, no usage dump; HeadPruneError in-process
     group = parser.add_argument_group(f"fairseq-headprune {prog}")
     group.add_argument("--results-dir", required=True, metavar="DIR",
-                       help="folder for JSON, CSV and PNG results (created if missing)")
+                       help="folder for JSON, CSV and PNG results (created when there is "
+                            "something to write; one run at a time)")
     add_args(group)
     args = options.parse_args_and_arch(parser, argv)
     if args.task != "translation_headprune":
         raise HeadPruneError(f"--task {args.task!r} is not supported here (allowed: translation_headprune)")
     if args.path is None:
         raise HeadPruneError("--path CHECKPOINT is required")
+    _check_fairseq_numbers(parser, args)
+    check_folder(args.results_dir)
+    args._headprune_command = " ".join([parser.prog] + list(argv))
     return args
 
 
+def claim_results_dir(args) -> str:
+    return claim_folder(args.results_dir, getattr(args, "_headprune_command", None))
+
+
 def open_session(args) -> Session:
-    """The model session of a command; its results folder is created after the
-    model loaded, so that a bad checkpoint leaves no empty folder behind."""
-    session = Session(args)
-    os.makedirs(args.results_dir, exist_ok=True)
+    """The model session of a command. An existing results folder is claimed before
+    the model loads (another run there: one line at once); a new one is created
+    after it loaded, so that a bad checkpoint leaves no folder behind."""
+    import pickle
+
+    if os.path.isdir(args.results_dir):
+        claim_results_dir(args)
+    try:
+        session = Session(args)
+    except (EOFError, pickle.UnpicklingError) as e:  # an empty or truncated file
+        raise HeadPruneError(f"checkpoint {args.path!r} cannot be read ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'truncated'}; allowed: a fairseq checkpoint)")
+    claim_results_dir(args)
     return session
 
 
@@ -58,7 +131,7 @@ def out_path(args, name: str) -> str:
 
 def add_eval_args(group):
     """The one definition of the evaluation-data cap, for every command."""
-    group.add_argument("--max-eval-sentences", type=int, default=None, metavar="N",
+    group.add_argument("--max-eval-sentences", type=sample_size, default=None, metavar="N",
                        help="evaluate a seeded random sample of N sentences of the "
                             "evaluation subset (default: all; never the shortest first)")
     group.add_argument("--eval-seed", type=int, default=1, metavar="SEED",
@@ -66,18 +139,21 @@ def add_eval_args(group):
 
 
 def eval_selection(session: Session, args, subset: str):
-    if args.max_eval_sentences is not None and args.max_eval_sentences < 1:
-        raise HeadPruneError(f"--max-eval-sentences {args.max_eval_sentences} is not allowed "
-                             f"(a whole number >= 1; leave it out for all sentences)")
     return session.select(session.data_spec(subset, args.max_eval_sentences, seed=args.eval_seed))
 
 
 def add_bootstrap_args(group):
     from ..analysis.significance import DEFAULT_SAMPLES, DEFAULT_SEED
 
-    group.add_argument("--alpha", type=float, default=0.01,
+    group.add_argument("--alpha", type=fraction_open, default=0.01,
                        help="significance level of the paired bootstrap (default 0.01)")
-    group.add_argument("--bootstrap-samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
+    group.add_argument("--bootstrap-samples", type=positive_int, default=DEFAULT_SAMPLES, metavar="N",
                        help=f"paired bootstrap resamples (default {DEFAULT_SAMPLES})")
     group.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, metavar="SEED",
                        help=f"paired bootstrap seed, non-zero (default {DEFAULT_SEED}, sacrebleu's)")
+
+
+def check_bootstrap_args(args):
+    from ..analysis.significance import check_settings
+
+    check_settings(args.alpha, args.bootstrap_samples, args.bootstrap_seed)

@@ -19,7 +19,8 @@ from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSpec, parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
 from ..results import load_resumable, read_json, write_csv, write_json
-from .common import add_eval_args, eval_selection, logger, open_session, out_path, parse_args
+from .common import (add_eval_args, eval_selection, logger, nonnegative_int, open_session, out_path,
+                     parse_args)
 from .importance import add_importance_args, estimate, scores_of, write_importance
 
 
@@ -36,7 +37,7 @@ def add_args(group):
     group.add_argument("--order-seed", type=int, default=1, help="seed for --order random")
     group.add_argument("--reestimate", action="store_true",
                        help="re-estimate importance on the masked model before each step")
-    group.add_argument("--min-heads-per-layer", type=int, default=0, metavar="N",
+    group.add_argument("--min-heads-per-layer", type=nonnegative_int, default=0, metavar="N",
                        help="never mask the last N heads of any attention module")
     group.add_argument("--prune-step", type=float, default=0.1, help="step (default 0.1)")
     group.add_argument("--overwrite", action="store_true",
@@ -79,9 +80,9 @@ def settings(args, session, curve_names, selection):
 
 def main(argv):
     args = parse_args("curve", argv, add_args)
-    if args.min_heads_per_layer < 0:
-        raise HeadPruneError(f"--min-heads-per-layer {args.min_heads_per_layer} is negative")
     steps = fractions(args.prune_step)
+    if args.order == "ablation" and not args.ablation:
+        raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
     kinds = parse_kinds(args.kinds)
     kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind else [kinds]
     names = ["".join(ks) if ks != KINDS else "all" for ks in kind_sets]
@@ -98,7 +99,6 @@ def main(argv):
     curves = old["curves"] if old else {}
     if old:
         logger.info(f"resuming {out_json}: {sum(len(c) for c in curves.values())} points done")
-    os.makedirs(out_path(args, "specs"), exist_ok=True)
     exclude = removed_heads(session.model) | session.fixed_mask
     evaluate = session.evaluator(selection)
     meta = session.meta(loss_unit=LOSS_UNIT)
@@ -118,6 +118,7 @@ def main(argv):
             pct = int(round(point["fraction"] * 100))
             # the run's own --mask-heads included: --mask-heads @file alone reproduces it
             heads = HeadSpec.parse(point["spec"]).resolve(shape) | session.fixed_mask
+            os.makedirs(out_path(args, "specs"), exist_ok=True)
             write_json(out_path(args, f"specs/curve_{name}_{pct:03d}.json"), heads.to_json_obj(
                 {"curve": name, "fraction": point["fraction"], "bleu": point["bleu"]}))
             save()

@@ -19,14 +19,16 @@ from ..errors import HeadPruneError
 
 def add_selection_args(group):
     """--prune-ratio/--importance/--kinds/--min-heads-per-layer (export and bench)."""
-    group.add_argument("--prune-ratio", type=float, default=None, metavar="R",
+    from .common import fraction_closed, nonnegative_int
+
+    group.add_argument("--prune-ratio", type=fraction_closed, default=None, metavar="R",
                        help="remove round(R x heads of --kinds) least important heads "
                             "(needs --importance); R in [0, 1]")
     group.add_argument("--importance", default=None, metavar="FILE",
                        help="importance file written by fairseq-headprune importance")
     group.add_argument("--kinds", default="E,A,D", metavar="KINDS",
                        help="attention kinds --prune-ratio chooses from (E, A, D, all)")
-    group.add_argument("--min-heads-per-layer", type=int, default=0, metavar="N",
+    group.add_argument("--min-heads-per-layer", type=nonnegative_int, default=0, metavar="N",
                        help="with --prune-ratio: keep at least N heads in every module")
 
 
@@ -58,12 +60,19 @@ def check_args(args):
     if args.mask_heads:
         raise HeadPruneError("--mask-heads is not saved in a checkpoint; export removes "
                              "heads (allowed: --prune-heads SPEC or --prune-ratio R)")
-    if bool(args.prune_heads) == (args.prune_ratio is not None):
+    check_selection(args)
+    if not os.path.isfile(args.path):
+        raise HeadPruneError(f"checkpoint {args.path!r} does not exist")
+
+
+def check_selection(args):
+    """--prune-heads / --prune-ratio --importance: one rule for export and bench."""
+    from .common import require_heads
+
+    require_heads(args.prune_heads, "--prune-heads")
+    if (args.prune_heads is not None) == (args.prune_ratio is not None):
         raise HeadPruneError("give exactly one of --prune-heads SPEC and --prune-ratio R")
     if args.prune_ratio is not None:
-        r = args.prune_ratio
-        if not (0.0 <= r <= 1.0):  # also catches nan
-            raise HeadPruneError(f"--prune-ratio {r:g} is outside [0, 1]")
         if not args.importance:
             raise HeadPruneError("--prune-ratio needs --importance FILE "
                                  "(written by fairseq-headprune importance)")
@@ -71,11 +80,6 @@ def check_args(args):
             raise HeadPruneError(f"importance file {args.importance!r} does not exist")
     elif args.importance:
         raise HeadPruneError("--importance is only used with --prune-ratio")
-    if args.min_heads_per_layer < 0:
-        raise HeadPruneError(f"--min-heads-per-layer {args.min_heads_per_layer} is negative "
-                             f"(allowed: 0 or more)")
-    if not os.path.isfile(args.path):
-        raise HeadPruneError(f"checkpoint {args.path!r} does not exist")
 
 
 def stem(path):
@@ -88,7 +92,7 @@ def main(argv):
 
     from ..analysis.export import export_pruned, select_heads
     from ..heads import HeadSpec, parse_kinds
-    from ..results import write_json
+    from ..results import clean_temp_files, write_json
     from .common import open_session, parse_args
 
     pre = _preparse(argv)
@@ -103,6 +107,7 @@ def main(argv):
     args.cpu = True  # export is CPU work; keeps the checkpoint's tensors on CPU
 
     session = open_session(args)
+    clean_temp_files(os.path.dirname(os.path.abspath(args.out)), os.path.basename(args.out))
     heads, how = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,
                               args.min_heads_per_layer)
     out, source = os.path.abspath(args.out), os.path.abspath(args.path)

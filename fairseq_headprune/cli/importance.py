@@ -10,15 +10,15 @@ and importance_{E,A,D}.png heatmaps.
 from ..analysis import importance as imp
 from ..heads import KINDS, HeadSet
 from ..results import write_csv, write_json
-from .common import logger, open_session, out_path, parse_args
+from .common import logger, open_session, out_path, parse_args, positive_float, sample_size
 
 
 def add_importance_args(group, default_subset="train"):
     group.add_argument("--importance-subset", default=default_subset, metavar="SPLIT",
                        help=f"split to estimate importance on (default: {default_subset}, as the paper)")
-    group.add_argument("--importance-max-sentences", type=int, default=None, metavar="N",
+    group.add_argument("--importance-max-sentences", type=sample_size, default=None, metavar="N",
                        help="use a seeded random sample of N sentences (default: all)")
-    group.add_argument("--importance-max-batches", type=int, default=None, metavar="N",
+    group.add_argument("--importance-max-batches", type=sample_size, default=None, metavar="N",
                        help="use N of the batches, drawn in a seeded random order")
     group.add_argument("--importance-seed", type=int, default=1,
                        help="seed of that sample and order (default 1)")
@@ -27,12 +27,12 @@ def add_importance_args(group, default_subset="train"):
                             "query token (official MT code) or per batch (bertology)")
     group.add_argument("--no-importance-normalize", action="store_true",
                        help="do not divide each layer's scores by their l2 norm")
-    group.add_argument("--importance-eps", type=float, default=1e-12,
+    group.add_argument("--importance-eps", type=positive_float, default=1e-12,
                        help="epsilon added to the l2 norm (default 1e-12)")
     group.add_argument("--importance-loss", choices=("nll", "criterion"), default="nll",
                        help="nll: summed token NLL of the reference (default); criterion: the "
                             "training criterion given by --criterion")
-    group.add_argument("--importance-loss-scale", type=float, default=None,
+    group.add_argument("--importance-loss-scale", type=positive_float, default=None,
                        help="loss scale for --fp16 (default 128; 1 in fp32); gradients are "
                             "unscaled, non-finite batches skipped and counted")
 

@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import signal
 import sys
 
 SUBCOMMANDS = {
@@ -46,7 +47,15 @@ def main(argv=None):
 
     setup_logging()
     module = importlib.import_module(f"fairseq_headprune.cli.{SUBCOMMANDS[name][0]}")
-    return module.main(argv) or 0
+    from ..results import release_all
+
+    # SIGTERM as SIGINT: unwinds, so the results folder's lock is released (exit 143)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return module.main(argv) or 0
+    finally:
+        release_all()  # before the excepthook's os._exit of a one-line error
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from ..analysis.scoring import METRICS, score
 from ..heads import KIND_NAMES, HeadSet, parse_kinds
 from ..models.head_model import attention_modules
 from ..results import load_resumable, write_csv, write_json, write_text
-from .common import (add_bootstrap_args, add_eval_args, eval_selection, logger, open_session,
-                     out_path, parse_args)
+from .common import (add_bootstrap_args, add_eval_args, check_bootstrap_args, eval_selection,
+                     logger, open_session, out_path, parse_args)
 
 FORMAT = "fairseq-headprune/one-head-v1"
 
@@ -35,7 +35,7 @@ def add_args(group):
 def main(argv):
     args = parse_args("one-head", argv, add_args)
     kinds = parse_kinds(args.kinds)
-    significance.check_settings(args.alpha, args.bootstrap_samples, args.bootstrap_seed)
+    check_bootstrap_args(args)
     select = args.select_subset or args.gen_subset
     session = open_session(args)
     lang = session.target_lang

@@ -21,6 +21,7 @@ import argparse
 import os
 
 from ..errors import HeadPruneError
+from ..results import claim_folder
 from .common import logger
 
 DEFAULT_FILE = "head_dynamics.jsonl"  # analysis.dynamics.DEFAULT_FILE
@@ -48,7 +49,10 @@ def main(argv):
     try:
         levels = [float(x) / 100 for x in args.levels.split(",") if x.strip()]
     except ValueError:
-        raise HeadPruneError(f"--levels {args.levels!r}: give comma-separated percentages")
+        levels = []
+    if not levels or not all(0 <= v <= 1 for v in levels):  # also NaN
+        raise HeadPruneError(f"--levels {args.levels!r}: give comma-separated percentages in [0, 100]")
     out = args.out_dir or os.path.dirname(os.path.abspath(path))
+    claim_folder(out, option="--out-dir" if args.out_dir else "SAVE_DIR")
     pngs = draw_from_jsonl(path, out, args.metric, levels, args.include_interval)
     logger.info(f"{path} -> {', '.join(pngs)}, {os.path.join(out, 'dynamics.csv')}")

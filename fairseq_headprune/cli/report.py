@@ -10,7 +10,7 @@ import os
 
 from ..errors import HeadPruneError
 from ..report.markdown_report import build_report
-from ..results import write_text
+from ..results import claim_folder, clean_temp_files, write_text
 
 
 def main(argv):
@@ -23,12 +23,16 @@ def main(argv):
     args = p.parse_args(argv)
     if not os.path.isdir(args.results_dir):
         raise HeadPruneError(f"results folder {args.results_dir!r} does not exist")
+    out = os.path.abspath(args.out or os.path.join(args.results_dir, "report.md"))
+    if args.redraw or os.path.dirname(out) == os.path.abspath(args.results_dir):
+        claim_folder(args.results_dir, option="RESULTS_DIR")
+    if os.path.dirname(out) != os.path.abspath(args.results_dir):
+        clean_temp_files(os.path.dirname(out), os.path.basename(out))
     if args.redraw:
         from ..report.redraw import redraw_all
 
         pngs = redraw_all(args.results_dir)
         print(f"redrew {len(pngs)} plot{'s' if len(pngs) != 1 else ''}"
               + (f": {', '.join(os.path.basename(p) for p in pngs)}" if pngs else ""))
-    out = args.out or os.path.join(args.results_dir, "report.md")
     write_text(out, build_report(args.results_dir))
     print(f"report: {out}")
