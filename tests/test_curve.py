@@ -78,7 +78,7 @@ def test_min_heads_per_layer_and_orders():
 
 @pytest.mark.parametrize("extra,message", [
     (["--kinds", "E,X"], "unknown attention kind 'X'"),
-    (["--prune-step", "0"], "pruning step 0.0 is outside (0, 1]"),
+    (["--prune-step", "0"], "--prune-step 0.0 is not allowed"),
     (["--order", "ablation"], "--order ablation needs --ablation FILE"),
 ])
 def test_curve_bad_input(data_dir, trained_ckpt, tmp_path, extra, message):

@@ -147,7 +147,8 @@ def epoch_dynamics(task, model, settings: DynamicsSettings, workers: Optional[Wo
         order = importance_order(importance_scores(imp), s.kinds, exclude)
         evaluate = MaskEvaluator(model, task, cache["eval"], generation_cfg(s), s.target_lang,
                                  fixed=fixed_mask, workers=workers, progress=False)
-        points = pruning_curve(shape, s.kinds, fractions(s.step), evaluate, order=order,
+        steps = fractions(s.step, option="--prune-curve-step")
+        points = pruning_curve(shape, s.kinds, steps, evaluate, order=order,
                                exclude=exclude)
     finally:
         set_head_mask(model, fixed_mask or None)

@@ -71,7 +71,8 @@ def select_heads(model, spec: Optional[HeadSpec], importance: Optional[str] = No
     shape = model_head_shape(model)
     if spec is not None:
         return spec.resolve(shape), {"spec": spec.text}
-    heads = select_least_important(model, load_importance(importance, shape), ratio, kinds,
+    scores = load_importance(importance, shape, removed=removed_heads(model))
+    heads = select_least_important(model, scores, ratio, kinds,
                                    min_heads_per_layer)
     return heads, {"prune_ratio": ratio, "importance": os.path.abspath(importance),
                    "kinds": list(kinds), "min_heads_per_layer": min_heads_per_layer}

@@ -54,10 +54,11 @@ def ranking(session, args, kinds, exclude, scores):
     if args.order == "ablation":
         if not args.ablation:
             raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
-        return ablation_order(read_json(args.ablation, "ablation file"), kinds, exclude), scores
+        return ablation_order(read_json(args.ablation, "ablation file"), kinds, exclude,
+                              shape=shape, what=f"--ablation file {args.ablation!r}"), scores
     if scores is None:
         if args.importance:
-            scores = load_importance(args.importance, shape)
+            scores = load_importance(args.importance, shape, removed=removed_heads(session.model))
         else:
             obj = estimate(session, args)
             write_importance(args, obj)

@@ -85,7 +85,7 @@ class DynamicsState:
             required_batch_size_multiple=cfg.prune_curve_batch_multiple,
             target_lang=cfg.target_lang or "en",
         )
-        dyn.fractions(self.settings.step)  # a bad step fails now, not after an epoch
+        dyn.fractions(self.settings.step, option="--prune-curve-step")  # a bad step fails now, not after an epoch
         self.path = os.path.join(cfg.prune_curve_save_dir, cfg.prune_curve_file)
 
     # -- bookkeeping ----------------------------------------------------------------
