@@ -471,8 +471,8 @@ def test_curve_ablation_of_other_heads(data_dir, trained_ckpt, tmp_path):
     other.write_text(json.dumps(ablation(records("A:2:*"))))
     p, _, files = tool(curve_cmd(data_dir, trained_ckpt, res, "--order", "ablation",
                                  "--ablation", str(other), "--kinds", "E"), res)
-    one_line(p, "--ablation file does not cover the heads to rank: it has no record for 8 of 8: "
-                "E:1:1-4 E:2:1-4")
+    one_line(p, f"--ablation file {str(other)!r} does not cover the heads to rank: it has no "
+                f"record for 8 of 8: E:1:1-4 E:2:1-4")
     assert files == []  # was: a flat curve, every point the full model
 
 

@@ -168,7 +168,7 @@ def assert_one_line_error(p, message):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--importance-subset", "nosuchsplit"], "subset 'nosuchsplit' not found"),
+    (["--importance-subset", "nosuchsplit"], "--importance-subset 'nosuchsplit' is not a split of"),
     (["--importance-subset", "valid", "--max-tokens", "3"], "cannot batch subset 'valid'"),
     (["--importance-granularity", "word"], "invalid choice: 'word'"),
 ])

@@ -54,8 +54,11 @@ class Session:
         # the subsets the command names, before anything is loaded or written (the
         # default --gen-subset 'test' is left to load_subset: not every command reads it)
         splits = splits_in(data)
+        # importance is estimated unless a file is given (and not re-estimated)
+        estimates = not getattr(args, "importance", None) or getattr(args, "reestimate", False)
         for option, value in (("--gen-subset", args.gen_subset),
-                              ("--importance-subset", getattr(args, "importance_subset", None)),
+                              ("--importance-subset",
+                               getattr(args, "importance_subset", None) if estimates else None),
                               ("--select-subset", getattr(args, "select_subset", None))):
             if not value or not splits or (option == "--gen-subset" and value == "test"):
                 continue
