@@ -127,3 +127,21 @@ def test_redraw_of_a_results_file_of_the_wrong_shape(tmp_path, name, content):
     assert len(errors) == 1 and errors[0] == p.stderr.strip().splitlines()[-1]
     assert errors[0].startswith("fairseq-headprune: error: ")
     assert repr(str(tmp_path / name)) in errors[0]
+
+
+@pytest.mark.parametrize("name,content", [
+    ("curve.json", {"curves": 5}),
+    ("importance.json", {"E": 5}),
+    ("ablation.json", {"heads": 5}),
+    ("cross_domain.json", {"delta_a": [1.0], "delta_b": "x"}),
+    ("curve.json", "not json {"),
+])
+def test_report_of_a_results_file_of_the_wrong_shape(tmp_path, name, content):
+    """Plain report (no --redraw) checks every file it reads: one line, no section
+    silently left out."""
+    (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    p = subprocess.run(["fairseq-headprune", "report", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("fairseq-headprune: error: ") and repr(str(tmp_path / name)) in last
+    assert not (tmp_path / "report.md").exists()

@@ -413,6 +413,28 @@ def sweep_settings(session, selection, data: str, metric: str, n_samples: int, s
     }
 
 
+def evaluation_sets(session, gen_subset: str, max_sentences: Optional[int], seed: int,
+                    compare_data: Optional[str] = None, compare_subset: Optional[str] = None):
+    """[(label, data folder, selection, task)] of every evaluation set: each subset of
+    ``gen_subset`` ("test" or "test,test1"), and ``compare_subset`` of another data
+    folder that shares the model's dictionaries (label ``compare.SPLIT``)."""
+    from .data import select
+
+    subsets = [s.strip() for s in str(gen_subset).split(",") if s.strip()]
+    if not subsets or len(set(subsets)) != len(subsets):
+        raise HeadPruneError(f"--gen-subset {gen_subset!r}: name one or more different "
+                             f"subsets (e.g. test or test,test1)")
+    spec = lambda s: session.data_spec(s, max_sentences, seed=seed)
+    data = os.path.abspath(session.cfg.task.data)
+    sets = [(s, data, session.select(spec(s)), session.task) for s in subsets]
+    if compare_data:
+        task2 = session.other_task(compare_data)
+        split = compare_subset or subsets[0]
+        sets.append((f"compare.{split}", os.path.abspath(compare_data),
+                     select(task2, [session.model], spec(split)), task2))
+    return sets
+
+
 def heads_to_ablate(shape, kinds, spec: Optional[str], removed: HeadSet, fixed: HeadSet) -> List[Head]:
     heads = HeadSet.all_heads(shape, kinds)
     if spec:

@@ -32,7 +32,6 @@ import signal
 import sys
 
 from ..analysis import ablation as ab
-from ..analysis.data import select
 from ..errors import HeadPruneError
 from ..heads import parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
@@ -78,22 +77,6 @@ def check_args(args):
     return int(stop) if stop else None
 
 
-def eval_sets(session, args):
-    """[(label, data folder, selection, task)] of every evaluation set."""
-    subsets = [s.strip() for s in str(args.gen_subset).split(",") if s.strip()]
-    if not subsets or len(set(subsets)) != len(subsets):
-        raise HeadPruneError(f"--gen-subset {args.gen_subset!r}: name one or more different "
-                             f"subsets (e.g. test or test,test1)")
-    spec = lambda s: session.data_spec(s, args.max_eval_sentences, seed=args.eval_seed)
-    sets = [(s, os.path.abspath(args.data), session.select(spec(s)), session.task) for s in subsets]
-    if args.compare_data:
-        task2 = session.other_task(args.compare_data)
-        split = args.compare_subset or subsets[0]
-        sets.append((f"compare.{split}", os.path.abspath(args.compare_data),
-                     select(task2, [session.model], spec(split)), task2))
-    return sets
-
-
 def main(argv):
     args = parse_args("ablate", argv, add_args)
     stop_after = check_args(args)
@@ -115,7 +98,9 @@ def run(args, stop_after, pool) -> int:
     heads = ab.heads_to_ablate(shape, parse_kinds(args.kinds), args.heads, removed, session.fixed_mask)
     sweeps = []
     # every evaluator is built, and every earlier result checked, before anything is decoded
-    for i, (label, data, selection, task) in enumerate(eval_sets(session, args)):
+    sets = ab.evaluation_sets(session, args.gen_subset, args.max_eval_sentences, args.eval_seed,
+                              args.compare_data, args.compare_subset)
+    for i, (label, data, selection, task) in enumerate(sets):
         masks = MaskEvaluator(session.model, task, selection, session.cfg, session.target_lang,
                               fixed=session.fixed_mask, cache=False, progress=False)
         ev = (ab.LossEvaluator(masks, args.bootstrap_samples, args.bootstrap_seed)

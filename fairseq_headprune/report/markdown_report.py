@@ -28,12 +28,31 @@ PAPER = {
 }
 
 
+def _checker(name: str):
+    """The check ``report --redraw`` applies to this kind of results file (one line for a
+    file of the wrong shape, never a traceback or a silently skipped section)."""
+    from . import redraw
+
+    if name == "bench.json":
+        from .bench import check_bench
+
+        return check_bench
+    return {"importance.json": redraw.check_importance, "curve.json": redraw.check_curve,
+            "ablation.json": redraw.check_ablation}.get(
+        name, redraw.check_cross_domain if name.startswith("cross_domain") else None)
+
+
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+    """A results file of the folder, checked; None when there is none."""
+    from ..results import read_json
+
+    if not os.path.exists(path):
         return None
+    obj = read_json(path)
+    check = _checker(os.path.basename(path))
+    if check is not None:
+        check(obj, path)
+    return obj
 
 
 def csv_table(path: str, max_rows: int = 60, columns: Optional[List[str]] = None) -> str:
