@@ -96,3 +96,23 @@ def generate_lines(cmd):
             ref[int(i)] = text
     ids = sorted(ref)
     return [hyp[i] for i in ids], [ref[i] for i in ids]
+
+
+@pytest.fixture(scope="module")
+def tiny_float64(data_dir):
+    """A small random float64 model (seed 3) and 5 valid sentences. fairseq's attention
+    softmax always runs in float32: it is kept in float64 for float64 models here, so
+    that finite differences are accurate to ~1e-8."""
+    import torch
+    from fairseq import utils
+
+    from helpers import batch, build
+
+    mp = pytest.MonkeyPatch()
+    softmax = utils.softmax
+    mp.setattr(utils, "softmax", lambda x, dim, onnx_trace=False: (
+        torch.softmax(x, dim=dim) if x.dtype == torch.float64 else softmax(x, dim, onnx_trace)))
+    task, model, _ = build(data_dir, seed=3)
+    model = model.double().eval()
+    yield task, model, batch(task, "valid", n=5)
+    mp.undo()

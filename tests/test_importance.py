@@ -17,26 +17,14 @@ from fairseq_headprune.analysis.importance import (
 from fairseq_headprune.criterions import sentence_nll
 from fairseq_headprune.heads import HeadSet
 from fairseq_headprune.models import attention_modules, remove_heads
-from helpers import batch, build
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir):
-    # fairseq's attention softmax always runs in float32; keep float64 models in float64
-    # so that finite differences are accurate to ~1e-8.
-    from fairseq import utils
-
-    mp = pytest.MonkeyPatch()
-    softmax = utils.softmax
-    mp.setattr(utils, "softmax", lambda x, dim, onnx_trace=False: (
-        torch.softmax(x, dim=dim) if x.dtype == torch.float64 else softmax(x, dim, onnx_trace)))
-    task, model, _ = build(data_dir, seed=3)
-    model = model.double().eval()
-    sample = batch(task, "valid", n=5)
+def tiny(tiny_float64):
+    _, _, sample = tiny_float64
     # the batch must be padded on both sides for the padding checks to mean anything
     assert sample["net_input"]["src_tokens"].eq(1).any() and sample["target"].eq(1).any()
-    yield task, model, sample
-    mp.undo()
+    return tiny_float64
 
 
 def per_sentence_fd(model, sample, key, head, eps=1e-6):

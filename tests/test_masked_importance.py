@@ -16,27 +16,14 @@ from fairseq_headprune.analysis.importance import (
 from fairseq_headprune.criterions import sentence_nll
 from fairseq_headprune.heads import HeadSet
 from fairseq_headprune.models import attention_modules, remove_heads, set_head_mask
-from helpers import batch, build
 
 # (kind, layer) -> masked original heads (0-based); D:1 stays unmasked
 MASKED = {("E", 1): [1], ("E", 2): [0, 3], ("A", 2): [2], ("A", 3): [0, 1, 2, 3], ("D", 3): [3]}
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir):
-    # float64 softmax for float64 models, so finite differences are accurate (see
-    # tests/test_importance.py)
-    from fairseq import utils
-
-    mp = pytest.MonkeyPatch()
-    softmax = utils.softmax
-    mp.setattr(utils, "softmax", lambda x, dim, onnx_trace=False: (
-        torch.softmax(x, dim=dim) if x.dtype == torch.float64 else softmax(x, dim, onnx_trace)))
-    task, model, _ = build(data_dir, seed=3)
-    model = model.double().eval()
-    sample = batch(task, "valid", n=5)
-    yield task, model, sample
-    mp.undo()
+def tiny(tiny_float64):
+    return tiny_float64  # see tests/conftest.py
 
 
 def base_masks(model):
