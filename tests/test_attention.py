@@ -230,3 +230,27 @@ def test_state_dict_round_trip_of_pruned_model(data_dir, setup):
     target.eval()
     with torch.no_grad():
         torch.testing.assert_close(forward(target, sample), forward(pruned, sample))
+
+
+def test_fairseqs_own_head_pruning_api_keeps_masks_consistent(data_dir):
+    """MultiheadAttention._adaptive_prune_heads (RoBERTa's --mha-heads-to-keep) on a
+    masked module: same outputs as remove_heads of the other heads, mask kept."""
+    from fairseq_headprune.errors import HeadPruneError
+
+    task, model, _ = build(data_dir)
+    model.eval()
+    ref = copy.deepcopy(model)
+    sample = batch(task, "valid", n=4)
+    m = attention_modules(model)[("E", 1)]
+    reserve = m._get_reserve_head_index(2)  # by weight norm, as fairseq does
+    kept = sorted(m.kept_heads[start // m.head_dim] for start, _ in reserve)
+    mask = HeadSet([("E", 1, kept[0] + 1)])
+    set_head_mask(model, mask)
+    m._adaptive_prune_heads(reserve)
+    assert m.num_heads == 2 and m.kept_heads == kept
+    remove_heads(ref, HeadSet(("E", 1, h + 1) for h in range(4) if h not in kept))
+    set_head_mask(ref, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**sample["net_input"])[0], ref(**sample["net_input"])[0])
+    with pytest.raises(HeadPruneError, match=r"head span \(1, 5\) is not one head"):
+        m._adaptive_prune_heads([(1, 5)])

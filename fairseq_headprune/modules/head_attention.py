@@ -165,6 +165,27 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         else:
             self.register_buffer("head_index", index)
 
+    def _adaptive_prune_heads(self, reserve_head_index: List[Tuple[int, int]]):
+        """fairseq's own head-pruning API (``MultiheadAttention._adaptive_prune_heads``,
+        used by RoBERTa's ``--mha-heads-to-keep`` with ``_get_reserve_head_index``):
+        keep the heads whose (start, end) column spans are given, remove the others.
+        fairseq's version slices the weights but leaves a head mask, ``kept_heads`` and
+        bias_k/bias_v as they were (shape mismatch at the next forward); this one goes
+        through ``remove_heads``, so masks and recorded removals stay consistent. The
+        kept heads stay in their original order (fairseq's reorders them by norm: the
+        same function, q/k/v and out_proj permuted alike)."""
+        keep = set()
+        for start, end in reserve_head_index:
+            start, end = int(start), int(end)
+            pos = start // self.head_dim
+            if (start % self.head_dim or end != start + self.head_dim
+                    or not 0 <= pos < self.num_heads):
+                raise HeadPruneError(
+                    f"{self.name}: head span ({start}, {end}) is not one head of this module "
+                    f"(allowed: (h*{self.head_dim}, (h+1)*{self.head_dim}) for h in 0-{self.num_heads - 1})")
+            keep.add(self.kept_heads[pos])
+        self.remove_heads(h for h in self.kept_heads if h not in keep)
+
     def upgrade_state_dict_named(self, state_dict, name):
         """Fit a state dict with any subset of this module's original heads."""
         super().upgrade_state_dict_named(state_dict, name)
