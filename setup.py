@@ -25,6 +25,7 @@ setup(
         "omegaconf>=2.0.6",
         "matplotlib>=3.5",
         "numpy",
+        "scipy",  # significance: pearsonr, spearmanr
         "tqdm",
     ],
     extras_require={"test": ["pytest>=7"]},

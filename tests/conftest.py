@@ -83,19 +83,23 @@ def trained_ckpt(data_dir, tmp_path_factory):
     return ckpt
 
 
+def generate_output(cmd):
+    """Run a fairseq-generate command; its H- (hypothesis, after the score), T-
+    (reference) and A- (alignment) lines as {"H": {id: text}, "T": ..., "A": ...}."""
+    out = {"H": {}, "T": {}, "A": {}}
+    for line in run(cmd).stdout.splitlines():
+        kind = line[:2]
+        if kind in ("H-", "T-", "A-"):
+            i, text = line[2:].split("\t", 1)
+            out[kind[0]][int(i)] = text.split("\t", 1)[1] if kind == "H-" else text
+    return out
+
+
 def generate_lines(cmd):
     """Run a fairseq-generate command; its hypotheses and references in id order."""
-    p = run(cmd)
-    hyp, ref = {}, {}
-    for line in p.stdout.splitlines():
-        if line.startswith("H-"):
-            i, _, text = line[2:].split("\t", 2)
-            hyp[int(i)] = text
-        elif line.startswith("T-"):
-            i, text = line[2:].split("\t", 1)
-            ref[int(i)] = text
-    ids = sorted(ref)
-    return [hyp[i] for i in ids], [ref[i] for i in ids]
+    out = generate_output(cmd)
+    ids = sorted(out["T"])
+    return [out["H"][i] for i in ids], [out["T"][i] for i in ids]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 
-from conftest import ROOT, run
+from conftest import ROOT, generate_output
 from fairseq_headprune.heads import HeadSet
 from fairseq_headprune.models import attention_modules, remove_heads, set_head_mask
 from helpers import batch, build, generate, load
@@ -180,17 +180,10 @@ USER = ["--user-dir", os.path.join(ROOT, "fairseq_headprune"), "--task", "transl
 
 
 def generate_alignments(data, ckpt, *extra):
-    p = run(["fairseq-generate", data, "--path", ckpt, "--gen-subset", "valid", "--beam", "5",
-             "--cpu", "--max-tokens", "4000", "--print-alignment", "soft", *USER, *extra])
-    hyps, aligns = {}, {}
-    for line in p.stdout.splitlines():
-        if line.startswith("H-"):
-            i, _, text = line[2:].split("\t", 2)
-            hyps[int(i)] = text
-        elif line.startswith("A-"):
-            i, text = line[2:].split("\t", 1)
-            aligns[int(i)] = text
-    return hyps, aligns
+    out = generate_output(["fairseq-generate", data, "--path", ckpt, "--gen-subset", "valid",
+                           "--beam", "5", "--cpu", "--max-tokens", "4000", "--print-alignment",
+                           "soft", *USER, *extra])
+    return out["H"], out["A"]
 
 
 def test_generate_print_alignment_with_masked_heads(data_dir, trained_ckpt):
