@@ -1,6 +1,7 @@
-"""Speed analysis: FLOP counts against hand counts, statistics, the interleaved timing
-loop, and the bench command's results files (structure and arithmetic; the speeds
-themselves are measured by timing/bench_decoding.py, never asserted here)."""
+"""Speed analysis: statistics, the interleaved timing loop, and the bench command's
+results files (structure and arithmetic, the cost-model estimate recomputed; the speeds
+themselves are measured by timing/bench_decoding.py, never asserted here). The cost
+model's terms are tested in test_cost_model.py."""
 
 import csv
 import json
@@ -11,54 +12,7 @@ import pytest
 
 from conftest import ROOT
 from fairseq_headprune.analysis import speed
-from fairseq_headprune.analysis.data import DataSpec, select
-from fairseq_headprune.analysis.speed import AttnDims, LayerDims, ModelDims
-
-
-def tiny_dims(heads):
-    """1+1 layers, d=8, head_dim 4, ffn 16, vocab 10; ``heads`` per attention module."""
-    a = AttnDims(heads=heads, head_dim=4, q_dim=8, kv_dim=8, out_dim=8)
-    return ModelDims(encoder=[LayerDims(a, 16, 8)],
-                     decoder=[LayerDims(a, 16, 8, cross_attn=a)], vocab=10, decoder_out_dim=8)
-
-
-def test_flop_counts_match_a_hand_count():
-    full, half = tiny_dims(2), tiny_dims(1)
-    # Encoder, S=3, 2 heads (inner 8): q 3*8*8=192, k+v 2*3*8*8=384, QK^T+PV 2*3*3*8=144,
-    # out 3*8*8=192 -> 912; FFN 2*3*8*16=768 -> 1680.
-    assert speed.encoder_macs(full, 3) == 1680
-    # 1 head (inner 4): 96 + 192 + 72 + 96 = 456; + 768 -> 1224
-    assert speed.encoder_macs(half, 3) == 1224
-    # cross keys/values once per sentence: 2*3*8*8 = 384 (1 head: 192)
-    assert speed.cross_kv_macs(full, 3) == 384 and speed.cross_kv_macs(half, 3) == 192
-    # Decoder step t, S=3, 2 heads: self q,k,v 8*(8+16)=192, attention 2*t*8=16t, out 64;
-    # cross q 64, attention 2*3*8=48, out 64; FFN 2*8*16=256; vocab 8*10+10=90.
-    for t in (1, 2, 5):
-        assert speed.decoder_step_macs(full, t, 3) == 778 + 16 * t
-        # 1 head: self 96 + 8t + 32; cross 32 + 24 + 32; FFN 256; vocab 90
-        assert speed.decoder_step_macs(half, t, 3) == 562 + 8 * t
-    # a sentence: S=3, T=2 tokens, beam 3
-    assert speed.decode_macs(full, 3, 2, beam=3) == 1680 + 384 + 3 * (794 + 810) == 6876
-    assert speed.decode_macs(half, 3, 2, beam=3) == 1224 + 192 + 3 * (570 + 578) == 4860
-    assert speed.bound(6876, 4860) == pytest.approx(6876 / 4860)
-
-
-def test_model_dims_read_the_pruned_shapes(data_dir):
-    from helpers import build
-    from fairseq_headprune.heads import HeadSet
-    from fairseq_headprune.models import remove_heads
-
-    _, model, _ = build(data_dir)  # d=32, 4 heads of 8, ffn 64, 2+3 layers
-    full = speed.model_dims(model)
-    remove_heads(model, HeadSet([("E", 1, 1), ("E", 1, 2), ("A", 3, 4)]))
-    pruned = speed.model_dims(model)
-    assert [l.self_attn.heads for l in pruned.encoder] == [2, 4]
-    assert [l.cross_attn.heads for l in pruned.decoder] == [4, 4, 3]
-    assert pruned.vocab == len(model.decoder.dictionary) and pruned.decoder_out_dim == 32
-    # removing 2 of E:1's heads saves, for S tokens: 2 heads x 8 dims x (q,k,v,out
-    # projections 4*S*32 + attention 2*S*S)
-    S = 7
-    assert speed.encoder_macs(full, S) - speed.encoder_macs(pruned, S) == 2 * 8 * (4 * S * 32 + 2 * S * S)
+from fairseq_headprune.analysis.bench import make_batches
 
 
 def test_statistics():
@@ -101,9 +55,16 @@ def test_bench_writes_consistent_results(data_dir, trained_ckpt, tmp_path):
     assert res["variants"]["full"]["parameters"] - res["variants"]["removed"]["parameters"] == 9 * 4144
     assert res["variants"]["masked"]["parameters"] == res["variants"]["full"]["parameters"]
 
-    # the bound, recomputed independently from the model's dimensions
-    _, model = load(trained_ckpt, data_dir)
+    # the cost-model estimate, recomputed independently from the model's dimensions, the
+    # padded batches and the rates the file records (calibrated in this run)
+    tp = speed.Throughput(**res["cost_model"]["throughput"])
+    assert tp.source.startswith("calibrated") and res["settings"]["cost_throughput"] == "calibrate"
+    assert all(v > 0 for k, v in res["cost_model"]["throughput"].items() if k != "source")
+    task, model = load(trained_ckpt, data_dir)
     full_dims = speed.model_dims(model)
+    task.load_dataset("test")
+    padded = {bs: [(b["net_input"]["src_tokens"].size(0), b["net_input"]["src_tokens"].size(1))
+                   for b in make_batches(task, model, "test", 8, bs, False)] for bs in (2, 4)}
     remove_heads(model, HeadSet.parse(spec, {k: [4, 4] for k in "EAD"}))
     pruned_dims = speed.model_dims(model)
     for r in rows:
@@ -111,33 +72,41 @@ def test_bench_writes_consistent_results(data_dir, trained_ckpt, tmp_path):
         assert r["sentences"] == 8
         assert r["sentences_per_s"] == pytest.approx(8 / r["seconds"]["median"])
         if r["variant"] == "full":
-            assert r["speedup"]["median"] == pytest.approx(1.0) and r["bound"] == 1.0
+            assert r["speedup"]["median"] == pytest.approx(1.0) and r["estimate"] == 1.0
         if r["variant"] == "masked":
-            assert r["bound"] == 1.0  # masking saves no work
-        assert r["measured_over_bound"] == pytest.approx(r["speedup"]["median"] / r["bound"])
+            assert r["estimate"] == 1.0  # masking saves no work
+        assert r["measured_over_estimate"] == pytest.approx(r["speedup"]["median"] / r["estimate"])
+        assert r["cost"] == speed.Cost(r["cost_terms"]).totals()
+        assert r["estimated_seconds"] == pytest.approx(speed.Cost(r["cost_terms"]).seconds(tp))
         if r["part"] == "decode":
             # fixed length: every hypothesis is 4 tokens + EOS
             assert r["target_tokens"] == 8 * 5
-            if r["variant"] == "removed":
+
+            def cost(d):
+                return sum(n * speed.decode_cost(d, S, 5, r["beam"]) for n, S in padded[r["batch_size"]])
+        else:
+            def cost(d):
+                return sum(n * speed.encoder_cost(d, S) for n, S in padded[r["batch_size"]])
+        if r["variant"] == "removed":
+            assert r["cost_terms"] == cost(pruned_dims)
+            assert r["estimate"] == pytest.approx(speed.estimate(cost(full_dims), cost(pruned_dims), tp))
+            assert r["estimate"] > 1
+            assert "speedup_vs_masked" in r
+            if r["part"] == "decode":
                 assert r["masked_equals_removed"] is True
-                # bound from the source lengths (tokens incl. EOS) of the 8 sentences
-                task, model = load(trained_ckpt, data_dir)
-                sel = select(task, [model], DataSpec("test", max_sentences=8, batch_size=8))
-                src = [int(task.dataset("test").src_sizes[i]) for i in sel.ids]
-                f = sum(speed.decode_macs(full_dims, s, 5, r["beam"]) for s in src)
-                g = sum(speed.decode_macs(pruned_dims, s, 5, r["beam"]) for s in src)
-                assert r["bound"] == pytest.approx(f / g)
-                assert "speedup_vs_masked" in r
-    enc = [r for r in rows if r["part"] == "encoder" and r["variant"] == "removed"]
-    assert all(r["bound"] > 1 for r in enc)
+        else:
+            assert r["cost_terms"] == cost(full_dims)
     with open(out / "bench.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
     assert table[0]["peak_memory_bytes"] == "n/a"  # CPU
+    assert [float(t["estimate"]) for t in table] == [pytest.approx(r["estimate"], abs=1e-4) for r in rows]
+    assert "flop_bound" not in table[0] and "measured_over_estimate" in table[0]
     assert os.path.getsize(out / "bench.png") > 1000
     assert set(res["goals"]) == {"masked_worst_slowdown_vs_full", "removed_faster_than_masked",
-                                 "encoder_largest_batch"}
-    assert "measured/bound" in p.stdout
+                                 "encoder_largest_batch", "removed_measured_over_estimate"}
+    assert "meas/est" in p.stdout and "measured/estimate" in p.stdout
+    assert "bound" not in p.stdout.lower()
 
 
 @pytest.mark.parametrize("extra,message", [

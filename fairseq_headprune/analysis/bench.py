@@ -5,9 +5,10 @@
 forward (the analogue of the paper's BERT measurement), and for every beam: fairseq's
 beam search (``task.inference_step``, what fairseq-generate runs) over the same
 sentences. Warm-up rounds, then repeats in which the variants take turns
-(``speed.time_interleaved``). Beside each measured speed-up: the speed-up the
-multiply-add count of the removed heads allows (``speed.bound``) and measured/bound.
-Peak memory per variant where the platform reports it (CUDA), else None.
+(``speed.time_interleaved``). Beside each measured speed-up: the cost-model estimate
+(``speed.estimate``: the work each variant does, counted term by term, at throughputs
+calibrated once per run or the defaults) and measured/estimate. Peak memory per variant
+where the platform reports it (CUDA), else None.
 """
 
 import copy
@@ -21,8 +22,12 @@ logger = logging.getLogger("fairseq_headprune.bench")
 
 VARIANTS = ("full", "masked", "removed")
 PARTS = ("encoder", "decode")
-FLOP_COUNT = ("multiply-adds of projections, attention scores/context, FFN and "
-              "(decoding) output projection + softmax; see analysis/speed.py")
+COST_MODEL = ("estimated time = gemm_macs/R_gemm + attn_macs/R_attn + bytes/R_bytes; work "
+              "counted per term (cost_terms: per kind projections, scores, softmax, head "
+              "layout, decoder key/value cache append and beam reorder, encoder-decoder "
+              "keys/values once per sentence; FFN, norms, embeddings, vocabulary, encoder "
+              "output reorder); per-operation overhead not counted; see analysis/speed.py")
+THROUGHPUTS = ("calibrate", "default")
 
 
 @dataclass
@@ -35,6 +40,7 @@ class BenchSettings:
     parts: List[str] = PARTS
     variants: List[str] = VARIANTS  # "full" first
     fixed_length: Optional[int] = None
+    cost_throughput: str = "calibrate"  # or "default": speed.DEFAULT_THROUGHPUT
 
     @classmethod
     def from_args(cls, args) -> "BenchSettings":
@@ -85,15 +91,28 @@ def _variant_info(m):
             "parameter_bytes": sum(p.numel() * p.element_size() for p in m.parameters())}
 
 
+def throughput(s: BenchSettings, dims, model, use_cuda) -> speed.Throughput:
+    """The cost model's rates: calibrated on this machine (once per run) or defaults."""
+    import torch
+
+    if s.cost_throughput == "default":
+        return speed.DEFAULT_THROUGHPUT
+    p = next(model.parameters())
+    return speed.calibrate(dims, p.device, p.dtype,
+                           torch.cuda.synchronize if use_cuda else None)
+
+
 def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=False):
     """All measurements (``subset`` loaded, ``gen_cfg`` fairseq's generation config);
-    returns {"variants", "rows", "model_dims"}, JSON-ready."""
+    returns {"variants", "rows", "model_dims", "throughput"}, JSON-ready."""
     import torch
 
     sync = torch.cuda.synchronize if use_cuda else None
     models = _variants(model, heads, s.variants)
     dims = {name: speed.model_dims(m) for name, m in models.items()}
     info = {name: _variant_info(m) for name, m in models.items()}
+    tp = throughput(s, dims["full"], model, use_cuda)
+    logger.info(f"cost model throughputs: {tp}")
 
     def peak_memory(fn):
         if not use_cuda:
@@ -121,22 +140,23 @@ def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=Fa
             logger.info(f"encoder, batch {bs}: {len(batches)} batches x {s.repeats} repeats")
             times = speed.time_interleaved(fns, s.warmup, s.repeats, sync)
             # padded work, as executed
-            macs = {name: sum(b["net_input"]["src_tokens"].size(0) *
-                              speed.encoder_macs(dims[name], b["net_input"]["src_tokens"].size(1))
+            cost = {name: sum(b["net_input"]["src_tokens"].size(0) *
+                              speed.encoder_cost(dims[name], b["net_input"]["src_tokens"].size(1))
                               for b in batches) for name in models}
             for name in models:
-                rows.append(_row("encoder", None, bs, name, times, macs, nsent, src_tokens,
-                                 peak_memory(fns[name]), "source", macs["full"]))
+                rows.append(_row("encoder", None, bs, name, times, cost[name], nsent, src_tokens,
+                                 peak_memory(fns[name]), "source", cost["full"], tp))
         if "decode" in s.parts:
             for beam in s.beams:
                 rows += _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s,
-                                     sync, peak_memory)
+                                     sync, peak_memory, tp)
     _add_speedups(rows)
-    return {"variants": info, "rows": rows,
+    return {"variants": info, "rows": rows, "throughput": tp.to_json(),
             "model_dims": {n: d.to_json() for n, d in dims.items()}}
 
 
-def _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s, sync, peak_memory):
+def _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s, sync, peak_memory,
+                 tp):
     import torch
 
     gen_cfg = copy.deepcopy(gen_cfg)
@@ -162,21 +182,31 @@ def _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s, sync,
     logger.info(f"decoding, beam {beam}, batch {bs}: {len(batches)} batches x "
                 f"{s.repeats} repeats")
     times = speed.time_interleaved(fns, s.warmup, s.repeats, sync)
-    src_len = {int(i): int(l) for b in batches
-               for i, l in zip(b["id"].tolist(), b["net_input"]["src_lengths"].tolist())}
-    macs, ntok, full_macs = {}, {}, {}
+    # the source as executed: padded to its batch's length
+    src_len = {int(i): b["net_input"]["src_tokens"].size(1) for b in batches
+               for i in b["id"].tolist()}
+    memo = {}
+
+    def cost_of(name, outs):
+        total = speed.Cost()
+        for i, t in outs:
+            key = (name, src_len[i], len(t))
+            if key not in memo:
+                memo[key] = speed.decode_cost(dims[name], src_len[i], len(t), beam)
+            total = total + memo[key]
+        return total
+
+    cost, ntok, full_cost = {}, {}, {}
     for name in models:
         outs = outputs[name]
         ntok[name] = sum(len(t) for _, t in outs)
-        macs[name] = sum(speed.decode_macs(dims[name], src_len[i], len(t), beam)
-                         for i, t in outs)
+        cost[name] = cost_of(name, outs)
         # what the full model would compute for this variant's outputs
-        full_macs[name] = sum(speed.decode_macs(dims["full"], src_len[i], len(t),
-                                                beam) for i, t in outs)
+        full_cost[name] = cost_of("full", outs)
     rows = []
     for name in models:
-        row = _row("decode", beam, bs, name, times, macs, nsent, ntok, None, "target",
-                   full_macs[name])
+        row = _row("decode", beam, bs, name, times, cost[name], nsent, ntok, None, "target",
+                   full_cost[name], tp)
         row["peak_memory_bytes"] = peak_memory(fns[name])
         if name != "full" and "masked" in outputs and "removed" in outputs:
             row["masked_equals_removed"] = outputs["masked"] == outputs["removed"]
@@ -184,9 +214,10 @@ def _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s, sync,
     return rows
 
 
-def _row(part, beam, bs, name, times, macs, nsent, ntokens, peak, token_kind, full_macs):
-    """``full_macs``: what the full model computes for the same outputs (the bound's
-    numerator; masked variants thus have bound 1 exactly)."""
+def _row(part, beam, bs, name, times, cost, nsent, ntokens, peak, token_kind, full_cost, tp):
+    """``cost``: the variant's work (``speed.Cost``); ``full_cost``: what the full model
+    computes for the same outputs (the estimate's numerator; masked variants thus have
+    estimate 1 exactly)."""
     t = times[name]
     med = speed.summarize(t)
     ntok = ntokens[name] if isinstance(ntokens, dict) else ntokens
@@ -196,8 +227,9 @@ def _row(part, beam, bs, name, times, macs, nsent, ntokens, peak, token_kind, fu
         "seconds": med, "times": t,
         "sentences_per_s": nsent / med["median"],
         "tokens_per_s": ntok / med["median"],
-        "macs": macs[name], "macs_per_token": macs[name] / max(ntok, 1),
-        "bound": speed.bound(full_macs, macs[name]),
+        "cost": cost.totals(), "cost_terms": dict(cost),
+        "estimated_seconds": cost.seconds(tp),
+        "estimate": speed.estimate(full_cost, cost, tp),
         "peak_memory_bytes": peak,
         "_times": times,
         "_tokens": ntokens if isinstance(ntokens, dict) else {n: ntokens for n in times},
@@ -209,7 +241,8 @@ def _add_speedups(rows):
     ratios when the variants produce equally many tokens; the encoder's tokens are the
     same source tokens for all), from repeats paired by round: ``speedup`` over full,
     and for removed also ``speedup_vs_masked`` (identical hypotheses, so identical
-    work apart from the removed heads). ``measured_over_bound`` = speedup / bound."""
+    work apart from the removed heads). ``measured_over_estimate`` = speedup / estimate
+    (1: the cost model predicts the measured speed-up exactly)."""
     def ratio(r, base):
         times, tokens = r["_times"], r["_tokens"]
         scale = tokens[r["variant"]] / max(tokens[base], 1)
@@ -220,7 +253,7 @@ def _add_speedups(rows):
         r["speedup"] = ratio(r, "full")
         if r["variant"] == "removed" and "masked" in r["_times"]:
             r["speedup_vs_masked"] = ratio(r, "masked")
-        r["measured_over_bound"] = r["speedup"]["median"] / r["bound"]
+        r["measured_over_estimate"] = r["speedup"]["median"] / r["estimate"]
     for r in rows:
         del r["_times"], r["_tokens"]
 
@@ -250,9 +283,16 @@ def summary_goals(rows):
         top = max(enc, key=lambda r: r["batch_size"])
         out["encoder_largest_batch"] = {"batch_size": top["batch_size"],
                                         "speedup": top["speedup"]["median"],
-                                        "bound": top["bound"],
-                                        "measured_over_bound": top["measured_over_bound"],
-                                        "at_least_90_percent": top["measured_over_bound"] >= 0.9}
+                                        "estimate": top["estimate"],
+                                        "measured_over_estimate": top["measured_over_estimate"]}
+    removed = [r for r in rows if r["variant"] == "removed"]
+    if removed:
+        def where(r):
+            return {"part": r["part"], "beam": r["beam"], "batch_size": r["batch_size"],
+                    "measured_over_estimate": r["measured_over_estimate"]}
+        out["removed_measured_over_estimate"] = {
+            "lowest": where(min(removed, key=lambda r: r["measured_over_estimate"])),
+            "highest": where(max(removed, key=lambda r: r["measured_over_estimate"]))}
     return out
 
 
@@ -275,6 +315,7 @@ def bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=False)
                      "fixed_length": s.fixed_length,
                      "beams": s.beams, "bench_sentences": s.bench_sentences,
                      "repeats": s.repeats, "warmup": s.warmup, "parts": s.parts,
+                     "cost_throughput": s.cost_throughput,
                      "threads": torch.get_num_threads(),
                      "device": torch.cuda.get_device_name() if use_cuda else "cpu",
                      "dtype": str(next(model.parameters()).dtype),
@@ -284,14 +325,15 @@ def bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=False)
         "goals": summary_goals(rows),
         "rows": rows,
         "model_dims": result["model_dims"],
-        "flop_count": FLOP_COUNT,
+        "cost_model": {"description": COST_MODEL, "throughput": result["throughput"],
+                       "touches": dict(speed.TOUCHES), "term_units": dict(speed.TERM_UNITS)},
     }
 
 
 CSV_HEADER = ["part", "beam", "batch_size", "variant", "median_s", "q1_s", "q3_s", "min_s",
               "max_s", "repeats", "sentences_per_s", "tokens_per_s", "speedup",
-              "speedup_min", "speedup_max", "speedup_vs_masked", "flop_bound",
-              "measured_over_bound",
+              "speedup_min", "speedup_max", "speedup_vs_masked", "estimate",
+              "measured_over_estimate", "estimated_s", "gemm_macs", "attn_macs", "bytes",
               "peak_memory_bytes", "masked_equals_removed"]
 
 
@@ -304,6 +346,8 @@ def csv_rows(rows):
                f"{r['tokens_per_s']:.3f}", f"{r['speedup']['median']:.4f}",
                f"{r['speedup']['min']:.4f}", f"{r['speedup']['max']:.4f}",
                f"{r['speedup_vs_masked']['median']:.4f}" if "speedup_vs_masked" in r else "",
-               f"{r['bound']:.4f}", f"{r['measured_over_bound']:.4f}",
+               f"{r['estimate']:.4f}", f"{r['measured_over_estimate']:.4f}",
+               f"{r['estimated_seconds']:.6f}", r["cost"]["gemm_macs"], r["cost"]["attn_macs"],
+               r["cost"]["bytes"],
                "n/a" if r["peak_memory_bytes"] is None else r["peak_memory_bytes"],
                "" if "masked_equals_removed" not in r else r["masked_equals_removed"]]

@@ -4,15 +4,16 @@
 Times, in one process and side by side, three variants of the same model: ``full``
 (as loaded), ``masked`` (the heads masked) and ``removed`` (the heads physically
 removed): encoder forwards per batch size, beam search per beam; warm-up, then
-interleaved repeats; the FLOP bound beside each speed-up (analysis/bench.py,
-analysis/speed.py). Peak memory per variant on CUDA; on CPU "n/a". Writes bench.json,
-bench.csv and bench.png (drawn from bench.json by report/bench.py).
+interleaved repeats; beside each speed-up the cost-model estimate and measured/estimate
+(analysis/bench.py, analysis/speed.py; rates calibrated by a microbenchmark at the start,
+or ``--cost-throughput default``). Peak memory per variant on CUDA; on CPU "n/a". Writes
+bench.json, bench.csv and bench.png (drawn from bench.json by report/bench.py).
 """
 
 import logging
 import sys
 
-from ..analysis.bench import PARTS, VARIANTS
+from ..analysis.bench import PARTS, THROUGHPUTS, VARIANTS
 from ..errors import HeadPruneError
 
 logger = logging.getLogger("fairseq_headprune.bench")
@@ -52,6 +53,11 @@ def add_args(group):
                        help="decode exactly L tokens (+EOS) per hypothesis (sets --min-len L "
                             "--max-len-a 0 --max-len-b L) so that all variants do the same "
                             "number of steps; default: free decoding, as fairseq-generate")
+    group.add_argument("--cost-throughput", choices=THROUGHPUTS, default="calibrate",
+                       help="rates of the cost model that estimates each speed-up: "
+                            "'calibrate' (default) measures a GEMM, a batched attention "
+                            "matmul and a copy once at the start (under a second); "
+                            "'default' takes the fixed rates of analysis/speed.py")
 
 
 def check_args(args):

@@ -9,9 +9,22 @@ from ..errors import HeadPruneError
 from ..results import read_json
 
 
+# Files written before the cost model hold "bound": the ratio of multiply-adds of
+# projections, attention matmuls, FFN and vocabulary only (not a bound: measured
+# speed-ups exceeded it). They are still drawn, labelled as what they are.
+OLD_ESTIMATE_LABEL = "multiply-add ratio (old file)"
+
+
+def estimate_of(r):
+    """(estimate, legend label) of a row, new file or old."""
+    if "estimate" in r:
+        return r["estimate"], "cost-model estimate"
+    return r["bound"], OLD_ESTIMATE_LABEL
+
+
 def plot(rows, path):
     """Median speed-up over full against batch size, per part/beam and variant, with
-    the FLOP bound of the removed variant."""
+    the cost-model estimate of the removed variant."""
     from .plots import lines
 
     series = {}
@@ -22,7 +35,8 @@ def plot(rows, path):
         series.setdefault(f"{label}: {r['variant']}", []).append(
             (r["batch_size"], r["speedup"]["median"]))
         if r["variant"] == "removed":
-            series.setdefault(f"{label}: FLOP bound", []).append((r["batch_size"], r["bound"]))
+            value, name = estimate_of(r)
+            series.setdefault(f"{label}: {name}", []).append((r["batch_size"], value))
     for pts in series.values():
         pts.sort()
     return lines(series, path, "speed-up over the full model", "batch size (sentences)",
@@ -45,9 +59,9 @@ def check_bench(obj, path: str) -> None:
         if not (isinstance(r, dict) and r.get("part") in ("encoder", "decode")
                 and isinstance(r.get("variant"), str) and number(r.get("batch_size"))
                 and isinstance(r.get("speedup"), dict) and number(r["speedup"].get("median"))
-                and number(r.get("bound"))):
+                and number(r.get("estimate", r.get("bound")))):
             raise HeadPruneError(f"bench results file {path!r} has a row without part, "
-                                 f"variant, batch_size, speedup.median and bound")
+                                 f"variant, batch_size, speedup.median and estimate")
 
 
 def redraw(results_dir: str) -> List[str]:
@@ -68,7 +82,7 @@ def redraw(results_dir: str) -> List[str]:
 def format_table(rows):
     head = (f"{'part':8s} {'beam':>4s} {'batch':>5s} {'variant':8s} {'median s':>9s} "
             f"{'[min, max]':>19s} {'sent/s':>8s} {'tok/s':>9s} {'speed-up':>8s} "
-            f"{'vs mask':>7s} {'bound':>6s} {'meas/bnd':>8s} {'peak mem':>9s}")
+            f"{'vs mask':>7s} {'estimate':>8s} {'meas/est':>8s} {'peak mem':>9s}")
     lines = [head]
     for r in rows:
         s = r["seconds"]
@@ -80,7 +94,7 @@ def format_table(rows):
             f"{r['speedup']['median']:7.3f}x "
             + (f"{r['speedup_vs_masked']['median']:6.3f}x " if "speedup_vs_masked" in r
                else f"{'':7s} ")
-            + f"{r['bound']:5.3f}x {r['measured_over_bound']:8.3f} "
+            + f"{r['estimate']:7.3f}x {r['measured_over_estimate']:8.3f} "
             f"{mem:>9s}")
     return "\n".join(lines)
 
@@ -97,6 +111,20 @@ def summary_text(obj) -> str:
                      f"({m['part']}, beam {m['beam']}, batch {m['batch_size']})")
     if "encoder_largest_batch" in g:
         e = g["encoder_largest_batch"]
-        lines.append(f"encoder, batch {e['batch_size']}: speed-up {e['speedup']:.3f}x, bound "
-                     f"{e['bound']:.3f}x, measured/bound {e['measured_over_bound']:.3f}")
+        lines.append(f"encoder, batch {e['batch_size']}: speed-up {e['speedup']:.3f}x, "
+                     f"cost-model estimate {e['estimate']:.3f}x, measured/estimate "
+                     f"{e['measured_over_estimate']:.3f}")
+    if "removed_measured_over_estimate" in g:
+        lo, hi = (g["removed_measured_over_estimate"][k] for k in ("lowest", "highest"))
+
+        def at(x):
+            return ("encoder" if x["part"] == "encoder" else f"beam {x['beam']}") + \
+                f", batch {x['batch_size']}"
+        lines.append(f"removed, measured/estimate: {lo['measured_over_estimate']:.3f} "
+                     f"({at(lo)}) to {hi['measured_over_estimate']:.3f} ({at(hi)})")
+    tp = obj.get("cost_model", {}).get("throughput")
+    if tp:
+        lines.append(f"cost model rates ({tp['source']}): GEMM {tp['gemm_macs_per_s'] / 1e9:.2f} "
+                     f"GMAC/s, attention matmuls {tp['attn_macs_per_s'] / 1e9:.2f} GMAC/s, "
+                     f"memory {tp['bytes_per_s'] / 1e9:.2f} GB/s")
     return "\n".join(lines)
