@@ -102,6 +102,12 @@ class ImportanceAccumulator:
     def skip_batch(self):
         self.counts[2] += 1
 
+    @property
+    def all_skipped(self) -> bool:
+        """Batches were seen and every one had non-finite gradients (``counts[1]``
+        counts the batches added, ``counts[2]`` the skipped ones)."""
+        return bool(self.counts[2] > 0 and self.counts[1] == 0)
+
     def all_reduce(self, all_reduce_fn: Callable[[torch.Tensor], torch.Tensor]):
         """Sum every statistic across data-parallel workers (e.g. fairseq's
         distributed_utils.all_reduce); tensors are packed into one call."""
@@ -217,8 +223,9 @@ def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
                 if g is None:  # the loss does not depend on this module
                     g = torch.zeros_like(ctx)
                 T, B, _ = ctx.shape
-                # product in the model's precision (fp16 in fp32), the small sum in float64
-                dtype = torch.float32 if ctx.dtype == torch.float16 else ctx.dtype
+                # product and the sum over the head's d dimensions in the model's
+                # precision, half types (float16, bfloat16) in float32; then float64
+                dtype = torch.float32 if ctx.dtype in (torch.float16, torch.bfloat16) else ctx.dtype
                 gr = (ctx.to(dtype) * g.to(dtype)).view(T, B, m.num_heads, m.head_dim).sum(-1)
                 gr = gr.double() / loss_scale
                 finite = finite and bool(torch.isfinite(gr).all())

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import HeadPruneError
 from ..heads import HeadSet
+from ..precision import dtype_name, model_dtype
 from .data import DataSpec, Selection, select
 
 logger = logging.getLogger("fairseq_headprune")
@@ -76,8 +77,11 @@ class Session:
             paths, arg_overrides=model_overrides(cfg.common_eval.model_overrides), task=self.task)
         self.model = models[0]
         self.use_cuda = torch.cuda.is_available() and not cfg.common.cpu
-        if cfg.common.fp16:
-            self.model.half()
+        # --fp16: float16, as fairseq-generate; --bf16: bfloat16 (fairseq-generate
+        # ignores it and decodes in float32: fairseq means it for TPUs); see precision.py
+        self.dtype = model_dtype(cfg.common)
+        if self.dtype != torch.float32:
+            self.model.to(self.dtype)
         if self.use_cuda:
             self.model.cuda()
         self.model.eval()
@@ -134,6 +138,7 @@ class Session:
                            "max_tokens": a.max_tokens, "batch_size": a.batch_size},
             "fp16": bool(a.fp16),
             "device": "cuda" if self.use_cuda else "cpu",
+            "dtype": dtype_name(self.dtype),
             "versions": {"fairseq_headprune": __version__, "fairseq": fairseq.__version__,
                          "torch": torch.__version__},
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -157,9 +162,10 @@ class Session:
             set_head_mask(self.model, self.fixed_mask or None)
         if acc.counts[2]:
             logger.warning(f"skipped {int(acc.counts[2])} batches with non-finite gradients")
-        if acc.counts[1] == acc.counts[2]:
-            raise HeadPruneError("every batch had non-finite gradients; try a smaller "
-                                 "--importance-loss-scale")
+        if acc.all_skipped:
+            raise HeadPruneError(f"every batch ({int(acc.counts[2])}) had non-finite gradients "
+                                 f"with loss scale {loss_scale:g}; try a smaller "
+                                 f"--importance-loss-scale")
         return acc.result(imp.removed_map(self.model))
 
     def other_task(self, data2: str):

@@ -93,7 +93,15 @@ def parse_args(prog: str, argv: List[str], add_args: Callable[[argparse.Argument
                        help="folder for JSON, CSV and PNG results (created when there is "
                             "something to write; one run at a time)")
     add_args(group)
-    args = options.parse_args_and_arch(parser, argv)
+    try:
+        args = options.parse_args_and_arch(parser, argv)
+    except ValueError as e:  # fairseq's own refusal of --fp16 with --bf16/--tpu
+        from ..precision import fairseq_parse_error
+
+        error = fairseq_parse_error(e)
+        if error is None:
+            raise
+        raise error from None
     if args.task != "translation_headprune":
         raise HeadPruneError(f"--task {args.task!r} is not supported here (allowed: translation_headprune)")
     if args.path is None:

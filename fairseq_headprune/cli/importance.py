@@ -33,8 +33,9 @@ def add_importance_args(group, default_subset="train"):
                        help="nll: summed token NLL of the reference (default); criterion: the "
                             "training criterion given by --criterion")
     group.add_argument("--importance-loss-scale", type=positive_float, default=None,
-                       help="loss scale for --fp16 (default 128; 1 in fp32); gradients are "
-                            "unscaled, non-finite batches skipped and counted")
+                       help="loss scale (default 128 with --fp16; 1 in float32 and with --bf16, "
+                            "which has float32's range); gradients are unscaled, non-finite "
+                            "batches skipped and counted")
 
 
 def add_args(group):

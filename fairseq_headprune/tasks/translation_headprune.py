@@ -41,6 +41,7 @@ from ..models.head_model import (
     remove_heads,
     set_head_mask,
 )
+from ..precision import check_training_flags
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,10 @@ class TranslationHeadPruneTask(TranslationTask):
                     or (getattr(self.cfg, "prune_curve_interval_updates", 0) or 0) > 0)
 
     def build_model(self, cfg, from_checkpoint=False):
+        if not from_checkpoint:
+            # fairseq-train: --fp16 on CPU and --bf16 (fairseq's TPU mode) without
+            # torch_xla are one line here, not fairseq's traceback in its Trainer
+            check_training_flags(cfg)
         model = super().build_model(cfg, from_checkpoint)
         install_head_attention(model)
         shape = model_head_shape(model)
