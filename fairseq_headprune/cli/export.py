@@ -7,7 +7,9 @@ fairseq_headprune --task translation_headprune --path NEW.pt`` needs no spec and
 translates exactly as ``--mask-heads SPEC`` on the original. Next to it (or in
 --results-dir): NEW.heads.json (the removed heads, usable as ``--mask-heads
 @NEW.heads.json``) and NEW.export.json (parameter counts before/after, per kind, the
-exact shares removed, file sizes, provenance).
+exact shares removed, file sizes, provenance). ``--torchscript OUT.pt`` also writes
+the pruned model as TorchScript (``torch.jit.save``; stock fairseq attention modules,
+see modules/deploy.py), checked against the eager model unless --no-verify.
 """
 
 import argparse
@@ -36,8 +38,11 @@ def add_args(group):
     group.add_argument("--out", required=True, metavar="NEW.pt",
                        help="the checkpoint to write (its folder must exist)")
     add_selection_args(group)
+    group.add_argument("--torchscript", default=None, metavar="OUT.pt",
+                       help="also write the pruned model scripted by torch.jit.script "
+                            "(torch.jit.save; load with torch.jit.load)")
     group.add_argument("--no-verify", action="store_true",
-                       help="skip reloading NEW.pt to check its shapes")
+                       help="skip reloading NEW.pt (and OUT.pt) to check them")
 
 
 def _preparse(argv):
@@ -60,9 +65,29 @@ def check_args(args):
     if args.mask_heads:
         raise HeadPruneError("--mask-heads is not saved in a checkpoint; export removes "
                              "heads (allowed: --prune-heads SPEC or --prune-ratio R)")
+    if args.torchscript is not None:
+        check_torchscript_path(args)
     check_selection(args)
     if not os.path.isfile(args.path):
         raise HeadPruneError(f"checkpoint {args.path!r} does not exist")
+
+
+def check_torchscript_path(args):
+    ts = os.path.abspath(args.torchscript)
+    if not os.path.isdir(os.path.dirname(ts)):
+        raise HeadPruneError(f"--torchscript {args.torchscript!r}: folder "
+                             f"{os.path.dirname(ts)!r} does not exist")
+    if os.path.isdir(ts):
+        raise HeadPruneError(f"--torchscript {args.torchscript!r} is a folder "
+                             f"(allowed: a file name)")
+    results = os.path.abspath(args.results_dir or os.path.dirname(os.path.abspath(args.out)))
+    taken = {os.path.abspath(args.path): "the input checkpoint",
+             os.path.abspath(args.out): "--out",
+             os.path.join(results, stem(args.out) + ".heads.json"): "the heads file",
+             os.path.join(results, stem(args.out) + ".export.json"): "the export report"}
+    if ts in taken:
+        raise HeadPruneError(f"--torchscript {args.torchscript!r} is {taken[ts]} "
+                             f"(allowed: a new file)")
 
 
 def check_selection(args):
@@ -90,7 +115,7 @@ def stem(path):
 def main(argv):
     import torch
 
-    from ..analysis.export import export_pruned, select_heads
+    from ..analysis.export import export_pruned, select_heads, write_torchscript
     from ..heads import HeadSpec, parse_kinds
     from ..results import clean_temp_files, write_json
     from .common import open_session, parse_args
@@ -113,6 +138,15 @@ def main(argv):
     out, source = os.path.abspath(args.out), os.path.abspath(args.path)
     removed, facts = export_pruned(session.model, session.task, session.saved_cfg.model,
                                    args.path, out, heads, verify=not args.no_verify)
+    if args.torchscript is not None:
+        ts = os.path.abspath(args.torchscript)
+        clean_temp_files(os.path.dirname(ts), os.path.basename(ts))
+        try:
+            facts["torchscript"] = write_torchscript(session.model, ts,
+                                                     verify=not args.no_verify)
+        except BaseException:
+            os.unlink(out)  # all or nothing: no checkpoint without its TorchScript file
+            raise
 
     heads_path = os.path.join(args.results_dir, stem(out) + ".heads.json")
     write_json(heads_path, removed.to_json_obj(meta={"checkpoint": out, "source": source}))
@@ -136,6 +170,11 @@ def main(argv):
         lines.append(f"  {kind}: heads {h['before']} -> {h['after']}, attention parameters "
                      f"{a['before']:,} -> {a['after']:,} "
                      f"({100 * a['share_removed']['fraction']:.2f}% removed)")
+    if "torchscript" in facts:
+        t = facts["torchscript"]
+        check = (f"max abs diff {t['verified']['max_abs_diff']:.2g} against the eager model"
+                 if t["verified"] else "not verified")
+        lines.append(f"wrote {t['path']} (TorchScript, {t['bytes']:,} bytes; {check})")
     lines.append(f"results: {json_path}, {heads_path}")
     print("\n".join(lines))
     sys.stdout.flush()

@@ -453,3 +453,11 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             ctx = torch.bmm(probs, v)
         ctx = ctx.transpose(0, 1).contiguous().view(tgt_len, bsz, H * d)
         return ctx, weights_float
+
+    # ------------------------------------------------------------- TorchScript
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this on every submodule: this module becomes, in
+        place, a stock module that computes the same (modules/deploy.py)."""
+        from .deploy import make_stock
+
+        return make_stock(self)
