@@ -7,6 +7,7 @@ evaluation sets, also the cross-domain comparison (paper §3.4 Fig. 2).
         [--bootstrap-samples 1000] [--bootstrap-seed 12345]
         [--gen-subset test[,test1,...]] [--compare-data DIR2 [--compare-subset SPLIT]]
         [--max-eval-sentences N] [--overwrite] [--no-save-hyps]
+        [--head-shards N --head-shard-id I]
         [fairseq-generate options: --beam --lenpen --max-tokens --batch-size --remove-bpe --cpu --fp16 ...]
 
 The model is loaded once; each head costs one decode of the set (``--metric loss``:
@@ -23,6 +24,12 @@ one teacher-forced forward pass). Files in DIR (STEM = ``ablation``, or
   Spearman rho, heads significant on one set only); with both a loss and a metric
   ablation of a set: ``agreement[.LABEL].json``.
 
+``--head-shards N --head-shard-id I`` (0-based; default id: $SLURM_ARRAY_TASK_ID): this
+process ablates only heads I, I+N, I+2N, ... of the sorted list (analysis/shards.py),
+computes the full-model baseline itself and writes its own DIR (one per shard: the JSON
+files and hypotheses; no tables, plots or comparisons of a part of the heads);
+``fairseq-headprune merge-shards OUT_DIR DIR...`` then writes what one run would have.
+
 SIGINT/SIGTERM stop the sweep (exit status 130/143) with the results file consistent;
 the test hook ``HEADPRUNE_ABLATE_STOP_AFTER=k`` stops after k heads (exit status 130).
 """
@@ -33,10 +40,11 @@ import sys
 
 from ..analysis import ablation as ab
 from ..errors import HeadPruneError
-from ..heads import parse_kinds
+from ..heads import HeadSet, parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
 from .common import (add_bootstrap_args, add_eval_args, check_bootstrap_args, logger,
                      nonnegative_int, open_session, out_path, parse_args, require_heads)
+from .merge_shards import add_shard_args, shard_of
 
 
 def add_args(group):
@@ -61,6 +69,7 @@ def add_args(group):
                        help="start over instead of resuming existing results")
     group.add_argument("--no-save-hyps", action="store_true",
                        help="do not write each ablated model's hypotheses")
+    add_shard_args(group, "heads to ablate")
 
 
 def check_args(args):
@@ -71,6 +80,7 @@ def check_args(args):
     if args.compare_subset and not args.compare_data:
         raise HeadPruneError("--compare-subset needs --compare-data DIR2")
     parse_kinds(args.kinds)
+    args.shard = shard_of(args)
     stop = os.environ.get(ab.STOP_AFTER_ENV)
     if stop is not None and (not stop.isdigit() or int(stop) < 1):
         raise HeadPruneError(f"{ab.STOP_AFTER_ENV}={stop!r} (allowed: a number >= 1)")
@@ -96,6 +106,9 @@ def run(args, stop_after, pool) -> int:
     session = open_session(args)
     shape, removed = model_head_shape(session.model), removed_heads(session.model)
     heads = ab.heads_to_ablate(shape, parse_kinds(args.kinds), args.heads, removed, session.fixed_mask)
+    everything = heads
+    if args.shard:
+        heads = args.shard.items(heads, "heads to ablate")
     sweeps = []
     # every evaluator is built, and every earlier result checked, before anything is decoded
     sets = ab.evaluation_sets(session, args.gen_subset, args.max_eval_sentences, args.eval_seed,
@@ -107,10 +120,13 @@ def run(args, stop_after, pool) -> int:
               if args.metric == "loss" else
               ab.DecodeEvaluator(masks, args.metric, args.bootstrap_samples, args.bootstrap_seed, pool))
         stem = ab.file_stem(args.metric, i, label)
+        settings = ab.sweep_settings(session, selection, data, args.metric,
+                                     args.bootstrap_samples, args.bootstrap_seed, removed)
+        if args.shard:
+            settings["shard"] = args.shard.settings(of=HeadSet(everything).to_spec(),
+                                                    sets=[s[0] for s in sets])
         sweep = ab.Sweep(
-            evaluator=ev, heads=heads, path=out_path(args, stem + ".json"),
-            settings=ab.sweep_settings(session, selection, data, args.metric,
-                                       args.bootstrap_samples, args.bootstrap_seed, removed),
+            evaluator=ev, heads=heads, path=out_path(args, stem + ".json"), settings=settings,
             meta=session.meta(subset=selection.spec.subset, label=label, kinds=args.kinds,
                               heads=args.heads, metric=args.metric),
             shape=shape, alpha=args.alpha, overwrite=args.overwrite,
@@ -128,6 +144,10 @@ def run(args, stop_after, pool) -> int:
             logger.info(f"ablating {len(heads)} heads on {label} ({sweep.evaluator.n_sentences} "
                         f"sentences) -> {sweep.path}")
             obj = sweep.run()
+            if args.shard:  # tables and comparisons are drawn once, from the merged files
+                print(f"{label}: shard {args.shard.index} of {args.shard.count} done: "
+                      f"{len(obj['heads'])} heads in {sweep.path}")
+                continue
             rep.write_ablation_reports(sweep.path)
             print(f"{label}: {ab.summary_line(obj, args.alpha)}; table {sweep.path[:-5]}.md")
     except ab.Interrupted as e:
@@ -138,6 +158,10 @@ def run(args, stop_after, pool) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if args.shard:
+        print(f"merge the {args.shard.count} shards with: fairseq-headprune merge-shards "
+              f"OUT_DIR SHARD_DIR... (the --results-dir of each)")
+        return 0
     for kind, path, obj, text in ab.write_comparisons(args.results_dir, args.metric,
                                                        [label for label, _ in sweeps]):
         if kind == "cross_domain":

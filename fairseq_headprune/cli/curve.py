@@ -8,6 +8,13 @@ run re-run with the same command continues), curve.csv, curve.png, and for each 
 spec file specs/curve_<kinds>_<pct>.json that reproduces it with
 ``fairseq-generate ... --mask-heads @specs/curve_all_040.json`` (the run's own
 --mask-heads included).
+
+``--head-shards N --head-shard-id I`` (0-based; default id: $SLURM_ARRAY_TASK_ID): this
+process evaluates only points I, I+N, I+2N, ... of each curve (0% first), in its own
+--results-dir (curve.json and spec files; no CSV or plot);
+``fairseq-headprune merge-shards OUT_DIR DIR...`` then writes what one run would have.
+The order must be fixed and the same in every shard: --order importance needs
+--importance FILE, and --reestimate (each point depends on the ones before) is refused.
 """
 
 import os
@@ -22,6 +29,7 @@ from ..results import load_resumable, read_json, write_csv, write_json
 from .common import (add_eval_args, eval_selection, logger, nonnegative_int, open_session, out_path,
                      parse_args)
 from .importance import add_importance_args, estimate, scores_of, write_importance
+from .merge_shards import add_shard_args, shard_of
 
 
 def add_args(group):
@@ -44,6 +52,7 @@ def add_args(group):
                        help="start afresh even if DIR/curve.json holds other settings")
     add_eval_args(group)
     add_importance_args(group)
+    add_shard_args(group, "points of the curve")
 
 
 def ranking(session, args, kinds, exclude, scores):
@@ -85,6 +94,9 @@ def main(argv):
     if args.order == "ablation" and not args.ablation:
         raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
     kinds = parse_kinds(args.kinds)
+    shard = shard_of(args)
+    if shard:
+        steps = shard_steps(args, shard, steps)
     kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind else [kinds]
     names = ["".join(ks) if ks != KINDS else "all" for ks in kind_sets]
     session = open_session(args)
@@ -96,6 +108,8 @@ def main(argv):
     selection = eval_selection(session, args, args.gen_subset)
     out_json = out_path(args, "curve.json")
     want = settings(args, session, names, selection)
+    if shard:
+        want["shard"] = shard.settings()
     old = load_resumable(out_json, FORMAT, want, args.overwrite, "curve file")
     curves = old["curves"] if old else {}
     if old:
@@ -132,15 +146,36 @@ def main(argv):
                       min_heads_per_layer=args.min_heads_per_layer, exclude=exclude,
                       done=list(done), on_point=on_point)
     save()
-    write_outputs(args, curves)
+    if shard:  # the table and plot are drawn once, from the merged file
+        logger.info(f"shard {shard.index} of {shard.count} done: {out_json}; merge the shards "
+                    f"with fairseq-headprune merge-shards OUT_DIR SHARD_DIR...")
+        return
+    write_outputs(args.results_dir, curves)
 
 
-def write_outputs(args, curves):
+def shard_steps(args, shard, steps):
+    """This shard's points; refused where the points depend on each other or the
+    shards could rank the heads differently."""
+    if args.reestimate:
+        raise HeadPruneError(
+            "--reestimate cannot be split with --head-shards: each point ranks the heads by "
+            "importance re-estimated with the points before it masked (allowed: a fixed "
+            "--order without --reestimate, or one run)")
+    if args.order == "importance" and not args.importance:
+        raise HeadPruneError(
+            "--head-shards with --order importance needs --importance FILE, so that every "
+            "shard ranks the heads alike (allowed: estimate it once with fairseq-headprune "
+            "importance, or --order ablation|random)")
+    return shard.items(steps, f"points of the curve (--prune-step {args.prune_step:g})")
+
+
+def write_outputs(results_dir, curves):
+    """curve.csv and curve.png from the points (also for merged shards)."""
     from ..report import redraw
 
     rows = [(name, p["fraction"], p["target"], p["masked"], p["bleu"], p["sacrebleu"], p["loss"], p["spec"])
             for name, pts in curves.items() for p in pts]
-    write_csv(out_path(args, "curve.csv"), ["curve", "fraction", "target", "masked", "bleu",
-                                             "sacrebleu", "loss_bits_per_token", "spec"], rows)
-    redraw.curve(args.results_dir)
-    logger.info(f"wrote {out_path(args, 'curve.json')}, curve.csv, curve.png")
+    write_csv(os.path.join(results_dir, "curve.csv"), [
+        "curve", "fraction", "target", "masked", "bleu", "sacrebleu", "loss_bits_per_token", "spec"], rows)
+    redraw.curve(results_dir)
+    logger.info(f"wrote {os.path.join(results_dir, 'curve.json')}, curve.csv, curve.png")

@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "curve": ("curve", "mask the least important heads 0..100%, score each step"),
     "one-head": ("one_head", "keep only the best head in one layer at a time (paper Table 2)"),
     "ablate": ("ablate", "mask one head at a time, delta and paired bootstrap (paper Table 1)"),
+    "merge-shards": ("merge_shards", "merge the results of --head-shards runs of ablate or curve"),
     "export": ("export", "write a checkpoint with heads physically removed"),
     "bench": ("bench", "decoding speed of full, masked and pruned models"),
     "plot-dynamics": ("plot_dynamics", "plots of per-epoch pruning curves from training"),
