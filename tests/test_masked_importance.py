@@ -105,6 +105,7 @@ def reference_old_formula(model, sample):
     mods = attention_modules(model)
     us, handles = {}, []
     for key, m in mods.items():
+        m.fold_masks = False  # out_proj sees the masked context (instance attribute)
         def pre(mod, inputs, key=key):
             u = inputs[0]
             if not u.requires_grad:
@@ -120,6 +121,8 @@ def reference_old_formula(model, sample):
     finally:
         for h in handles:
             h.remove()
+        for m in mods.values():
+            del m.fold_masks
     out = {}
     for k, g in zip(keys, grads):
         u = us[k].detach()

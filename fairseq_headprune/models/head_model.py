@@ -7,7 +7,7 @@ A model's attention modules are addressed as (kind, layer), 1-based:
 """
 
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -82,6 +82,7 @@ def set_head_mask(model, heads: Optional[HeadSet]):
     if heads:
         heads.validate(model_head_shape(model), "head mask")
     for (kind, layer), module in attention_modules(model).items():
+        module.set_row_mask(None)
         masked = heads.of(kind, layer) if heads else []
         if not masked:
             module.set_head_mask(None)
@@ -89,6 +90,34 @@ def set_head_mask(model, heads: Optional[HeadSet]):
         mask = torch.ones(module.orig_num_heads)
         mask[[h - 1 for h in masked]] = 0.0
         module.set_head_mask(mask)
+
+
+def set_row_masks(model, masks: Optional[Sequence[HeadSet]], sentences: int = 1):
+    """One head mask per copy of a batch of ``sentences`` sentences repeated
+    ``len(masks)`` times (copy c at rows c*sentences...; ``decoding.tile``). Modules
+    that all copies mask alike get an ordinary mask (zero cost for 0/1 masks); the
+    others a row mask. None clears every mask."""
+    mods = attention_modules(model)
+    if not masks:
+        for module in mods.values():
+            module.set_row_mask(None)
+            module.set_head_mask(None)
+        return
+    shape = model_head_shape(model)
+    for m in masks:
+        m.validate(shape, "head mask")
+    for (kind, layer), module in mods.items():
+        rows = torch.ones(len(masks), module.orig_num_heads)
+        for c, m in enumerate(masks):
+            masked = m.of(kind, layer)
+            if masked:
+                rows[c, [h - 1 for h in masked]] = 0.0
+        if bool((rows == rows[0]).all()):
+            module.set_row_mask(None)
+            module.set_head_mask(None if bool(rows[0].all()) else rows[0])
+        else:
+            module.set_head_mask(None)
+            module.set_row_mask(rows.repeat_interleave(sentences, dim=0))
 
 
 def set_head_mask_values(model, values: Dict[str, torch.Tensor]):

@@ -5,7 +5,16 @@ The paper's head mask ξ_h multiplies head h's context vector before ``out_proj`
 
 * ``head_mask`` (one float per *original* head, 1 = on) is that ξ. With no mask, no
   gate and no head removed, ``forward`` is fairseq's own, fast path included, so an
-  untouched model computes exactly what stock fairseq computes.
+  untouched model computes exactly what stock fairseq computes. A 0/1 mask (no gate,
+  no head removed) costs nothing either: ξ_h = 0 is a zero in ``out_proj``'s input
+  columns of head h, so ``forward`` runs fairseq's own code with those columns zeroed
+  in a copy of the weight (``out_proj`` itself, and so checkpoints, keep the
+  originals; the copy is cached while the weight and mask do not change).
+* ``row_mask`` ([rows, original heads], set by ``set_row_mask``) gives every sentence
+  of a batch its own mask: one decode then evaluates several masks (the sentences
+  repeated once per mask). Incremental decoding keeps each row's mask in the
+  incremental state, so beam expansion, beam reordering and fairseq's dropping of
+  finished sentences (``reorder_incremental_state``) carry it along.
 * ``gate_heads`` makes the forward keep the (masked) context fed to ``out_proj`` as
   ``last_context`` [tgt_len, bsz, heads*d], in the autograd graph, and, when a mask is
   set, the context before the mask as ``last_context_unmasked`` (detached): one
@@ -67,11 +76,26 @@ def _beams_times_source(equation: str, x: Tensor, kv: Tensor, kv_bsz: int, H: in
                         kv.view((kv_bsz, H) + kv.size()[1:])).reshape(-1, x.size(1), last)
 
 
+class _FoldedLinear(nn.Module):
+    """``out_proj`` with a masked copy of its weight, for one forward call: fairseq's
+    code calls it (``self.out_proj(x)``) or reads ``.weight``/``.bias`` (fast path)."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor]):
+        super().__init__()
+        self.__dict__["weight"], self.__dict__["bias"] = weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class HeadMaskedMultiheadAttention(MultiheadAttention):
     """See the module docstring. Build with ``convert`` from a stock module."""
 
     head_kind: str = "?"
     head_layer: int = 0
+    # 0/1 masks run fairseq's forward with out_proj's weight folded (False: this
+    # package's attention path, which calls out_proj itself; for references and timing)
+    fold_masks: bool = True
 
     @classmethod
     def convert(
@@ -98,6 +122,9 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         self.orig_num_heads = self.num_heads
         self.kept_heads: List[int] = list(range(self.num_heads))  # original, 0-based
         self.register_buffer("head_mask", None, persistent=False)
+        self.row_mask: Optional[Tensor] = None
+        self._binary_mask = False  # head_mask holds only 0s and 1s: foldable
+        self._folded: Optional[tuple] = None  # (key, out_proj with the masked weight)
         self.gate_heads = False
         self.last_context: Optional[Tensor] = None
         self.last_context_unmasked: Optional[Tensor] = None
@@ -126,6 +153,53 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
                 )
             mask = mask.to(self.out_proj.weight.device)
         self.head_mask = mask
+        self._binary_mask = mask is not None and bool(((mask == 0) | (mask == 1)).all())
+        self._folded = None
+
+    def set_row_mask(self, mask: Optional[Tensor]):
+        """``mask``: [rows, original heads] (1 keeps, 0 masks), row i for the batch's
+        i-th sentence (beams of a sentence share its row), or None. Replaces
+        ``head_mask`` while set."""
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=self.out_proj.weight.dtype)
+            if mask.dim() != 2 or mask.size(1) != self.orig_num_heads:
+                raise HeadPruneError(
+                    f"{self.name}: row mask has shape {tuple(mask.shape)}, "
+                    f"expected (rows, {self.orig_num_heads})"
+                )
+            mask = mask.to(self.out_proj.weight.device)
+        self.row_mask = mask
+
+    def _row_masks(self, bsz: int, incremental_state) -> Tensor:
+        """[bsz, present heads] row masks of this call's batch rows."""
+        key = "head_row_mask"
+        if incremental_state is not None:
+            saved = self.get_incremental_state(incremental_state, key)
+            if saved is not None:
+                return saved["mask"]
+        mask = self.row_mask
+        if self.is_pruned:
+            mask = mask[:, self.kept_heads]
+        rows = mask.size(0)
+        if bsz != rows:
+            if bsz % rows:
+                raise HeadPruneError(f"{self.name}: a batch of {bsz} rows does not fit the "
+                                     f"row mask of {rows} sentences")
+            # fairseq's generator expands each sentence to its beams, side by side
+            mask = mask.repeat_interleave(bsz // rows, dim=0)
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, key, {"mask": mask})
+        return mask
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        """fairseq's reordering (beam search, finished sentences dropped), and each
+        row's mask with its row."""
+        incremental_state = super().reorder_incremental_state(incremental_state, new_order)
+        saved = self.get_incremental_state(incremental_state, "head_row_mask")
+        if saved is not None:
+            saved["mask"] = saved["mask"].index_select(0, new_order)
+            incremental_state = self.set_incremental_state(incremental_state, "head_row_mask", saved)
+        return incremental_state
 
     def _current_mask(self) -> Optional[Tensor]:
         if self.head_mask is None:
@@ -239,15 +313,23 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         before_softmax: bool = False,
         need_head_weights: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        if self.head_mask is None and not self.gate_heads and not self.is_pruned:
+        plain = not self.gate_heads and not self.is_pruned and self.row_mask is None
+        if plain and self.head_mask is None:
             return super().forward(
                 query, key, value, key_padding_mask, incremental_state,
                 need_weights, static_kv, attn_mask, before_softmax, need_head_weights,
             )
         if need_head_weights:
             need_weights = True
+        if plain and self._binary_mask and self.fold_masks and not before_softmax and (
+                not need_weights or incremental_state is not None):
+            return self._forward_folded(query, key, value, key_padding_mask, incremental_state,
+                                        need_weights, static_kv, attn_mask, need_head_weights)
         if self.num_heads == 0:
             return self._forward_no_heads(query)
+        rows = None
+        if self.row_mask is not None:
+            rows = self._row_masks(query.size(1), incremental_state)
         if incremental_state is None and not need_weights and not before_softmax:
             ctx = self._context_sdpa(query, key, value, key_padding_mask, static_kv,
                                      attn_mask)
@@ -259,14 +341,52 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             )
             if before_softmax:
                 return ctx, weights
-        out = self.out_proj(self._scale_heads(ctx))
+        out = self.out_proj(self._scale_heads(ctx, rows))
         if need_weights:
             tgt_len, bsz = query.shape[:2]
-            weights = self._returned_weights(
-                weights.view(bsz, self.num_heads, tgt_len, -1).transpose(1, 0),
-                need_head_weights,
-            )
+            weights = weights.view(bsz, self.num_heads, tgt_len, -1).transpose(1, 0)
+            if rows is not None:
+                weights = self._row_weights(weights, rows, need_head_weights)
+            else:
+                weights = self._returned_weights(weights, need_head_weights)
         return out, weights
+
+    def _forward_folded(self, query, key, value, key_padding_mask, incremental_state,
+                        need_weights, static_kv, attn_mask, need_head_weights):
+        """fairseq's own forward with the 0/1 mask folded into ``out_proj``'s weight.
+        Weights, when asked for (incremental decoding), come per head from fairseq and
+        are averaged over the heads that take part, as on the other path."""
+        full = self.out_proj
+        self._modules["out_proj"] = self._folded_linear()
+        try:
+            out, weights = super().forward(
+                query, key, value, key_padding_mask, incremental_state, need_weights,
+                static_kv, attn_mask, False, need_weights)
+        finally:
+            self._modules["out_proj"] = full
+        if need_weights and weights is not None:
+            weights = self._returned_weights(weights, need_head_weights)
+        return out, weights
+
+    def _folded_linear(self) -> "_FoldedLinear":
+        w, b = self.out_proj.weight, self.out_proj.bias
+        columns = self.head_mask.to(w.dtype).repeat_interleave(self.head_dim)
+        if torch.is_grad_enabled() and w.requires_grad:
+            return _FoldedLinear(w * columns, b)  # in the graph: masked columns get no gradient
+        key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else b.data_ptr())
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                self._folded = (key, _FoldedLinear(w * columns, b))
+        return self._folded[1]
+
+    def _row_weights(self, weights: Tensor, rows: Tensor, need_head_weights: bool) -> Tensor:
+        """Per-row version of ``_returned_weights``: the mean over each row's heads that
+        take part (zeros for a row where none does; only alignments read them)."""
+        active = rows.ne(0).to(weights.dtype).t().reshape(self.num_heads, -1, 1, 1)  # [H, B, 1, 1]
+        mean = (weights * active).sum(0) / active.sum(0).clamp(min=1)
+        if not need_head_weights:
+            return mean
+        return torch.where(active.bool(), weights, mean.unsqueeze(0))
 
     def _returned_weights(self, weights: Tensor, need_head_weights: bool) -> Optional[Tensor]:
         """weights [heads, B, T, S] of the present heads -> what forward returns: the
@@ -285,16 +405,17 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             return mean
         return torch.where(active.view(-1, 1, 1, 1), weights, mean.unsqueeze(0))
 
-    def _scale_heads(self, ctx: Tensor) -> Tensor:
-        """ctx [T, B, heads*d] -> each head's slice times its mask; with gate_heads,
-        remember the result for the importance pass."""
-        mask = self._current_mask()
+    def _scale_heads(self, ctx: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """ctx [T, B, heads*d] -> each head's slice times its mask (``rows``: one mask
+        per batch row); with gate_heads, remember the result for the importance pass."""
+        mask = self._current_mask() if rows is None else rows
         if mask is None and not self.gate_heads:
             return ctx
         T, B, _ = ctx.shape
         unmasked = ctx
         if mask is not None:
-            ctx = ctx.view(T, B, self.num_heads, self.head_dim) * mask.to(ctx.dtype).view(1, 1, -1, 1)
+            shape = (1, 1, -1, 1) if rows is None else (1, B, -1, 1)
+            ctx = ctx.view(T, B, self.num_heads, self.head_dim) * mask.to(ctx.dtype).view(shape)
         ctx = ctx.reshape(T, B, self.inner_dim)
         if self.gate_heads:
             # out_proj's input is u_h = ξ_h·c_h, so ∂L/∂ξ_h = Σ_d c_h · ∂L/∂u_h: keep u
