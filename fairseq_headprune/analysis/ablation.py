@@ -49,6 +49,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import HeadPruneError
 from ..heads import KINDS, Head, HeadSet, HeadSpec
+from ..precision import dtype_name
 from ..results import load_resumable, read_json, write_json, write_text
 from . import scoring, significance
 from .significance import pearson, spearman
@@ -169,8 +170,8 @@ class DecodeEvaluator:
         self.pool = pool or BootstrapPool(0)
         self.n_sentences = masks.nsentences
 
-    def run(self, mask: HeadSet, desc: str):
-        return self.masks.translate(mask, desc)
+    def run(self, masks: List[HeadSet], desc: str):
+        return self.masks.translate_many(masks, desc)
 
     def baseline(self, out) -> dict:
         s = scoring.score(self.metric, out.hyps, out.refs, self.lang)
@@ -203,8 +204,8 @@ class LossEvaluator:
         self.masks, self.n_samples, self.seed = masks, n_samples, seed
         self.n_sentences = masks.nsentences
 
-    def run(self, mask: HeadSet, desc: str):
-        return self.masks.losses(mask)
+    def run(self, masks: List[HeadSet], desc: str):
+        return self.masks.losses_many(masks)
 
     def baseline(self, out) -> dict:
         return {"score": out.corpus,
@@ -354,7 +355,7 @@ class Sweep:
         try:
             if obj["baseline"] is None:
                 t0 = time.perf_counter()
-                out = ev.run(HeadSet(), "full model")
+                out = ev.run([HeadSet()], "full model")[0]
                 timing["decode_s"]["full"] = time.perf_counter() - t0
                 obj["baseline"] = ev.baseline(out)
                 self._save_hyps("full", ev, out)
@@ -364,14 +365,17 @@ class Sweep:
                 self.log(f"full model: {ev.metric} {obj['baseline']['score']:.2f} on "
                          f"{obj['baseline']['n_sentences']} sentences")
             base = obj["baseline"]
-            for head in todo:
+            k = max(1, int(ev.masks.masks_per_batch))
+            for group in (todo[i:i + k] for i in range(0, len(todo), k)):
                 t0 = time.perf_counter()
-                out = ev.run(HeadSet([head]), head_spec(head))
-                timing["decode_s"][head_spec(head)] = time.perf_counter() - t0
-                self._save_hyps(head_spec(head).replace(":", "_"), ev, out)
-                finish = ev.submit(base, out)
-                collect()  # the previous head, whose bootstrap overlapped this decode
-                pending = (head, finish, base["score"])
+                outs = ev.run([HeadSet([h]) for h in group], " ".join(map(head_spec, group)))
+                seconds = (time.perf_counter() - t0) / len(group)  # one decode, several heads
+                for head, out in zip(group, outs):
+                    timing["decode_s"][head_spec(head)] = seconds
+                    self._save_hyps(head_spec(head).replace(":", "_"), ev, out)
+                    finish = ev.submit(base, out)
+                    collect()  # the previous head, whose bootstrap overlapped
+                    pending = (head, finish, base["score"])
             collect()
             account()
             self._write(obj)
@@ -408,7 +412,8 @@ def sweep_settings(session, selection, data: str, metric: str, n_samples: int, s
         "post_process": cfg.common_eval.post_process if decode else None,
         "tokenizer": plain(cfg.tokenizer) if decode else None,
         "bpe": plain(cfg.bpe) if decode else None,
-        "fp16": bool(a.fp16), "device": "cuda" if session.use_cuda else "cpu",
+        "fp16": bool(a.fp16), "dtype": dtype_name(session.dtype),
+        "device": "cuda" if session.use_cuda else "cpu",
         "base_mask": session.fixed_mask.to_spec(), "removed": removed.to_spec(),
     }
 

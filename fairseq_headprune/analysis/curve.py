@@ -73,22 +73,42 @@ def pruning_curve(
     masked = HeadSet()
     if points:
         masked = HeadSpec.parse(points[-1]["spec"]).resolve(shape)
-    for frac in steps:
+    todo = [f for f in steps if not any(abs(p["fraction"] - f) < 1e-9 for p in points)]
+
+    def next_mask(frac, masked):
         target = share_count(frac, total)
-        if any(abs(p["fraction"] - frac) < 1e-9 for p in points):
-            continue
         if reestimate is not None and target > len(masked):
             ranking = order_by_scores(reestimate(masked), kinds, exclude=exclude | masked)
         else:
             ranking = [h for h in order or [] if h[0] in kinds and h not in exclude]
-        masked = take_with_floor(ranking, target, kept_shape, min_heads_per_layer, masked)
-        point = {"fraction": frac, "target": target, "masked": len(masked),
-                 "share_masked": len(masked) / total if total else 0.0,
-                 "spec": masked.to_spec()}
-        point.update(evaluate(masked))
-        points.append(point)
-        if on_point:
-            on_point(point)
+        return target, take_with_floor(ranking, target, kept_shape, min_heads_per_layer, masked)
+
+    if reestimate is None and hasattr(evaluate, "prefetch"):
+        # a fixed order: the points' masks are known now, so they are evaluated several
+        # to a decode (points, order and results unchanged; each written when done)
+        plan, m = [], masked
+        for frac in todo:
+            target, m = next_mask(frac, m)
+            plan.append((frac, target, m))
+        k = max(1, int(getattr(evaluate, "masks_per_batch", 1)))
+        chunks = [plan[i:i + k] for i in range(0, len(plan), k)]
+    else:
+        chunks = [[(frac, None, None)] for frac in todo]
+    for chunk in chunks:
+        if chunk[0][2] is not None:
+            evaluate.prefetch([m for _, _, m in chunk])
+        for frac, target, planned in chunk:
+            if planned is None:
+                target, masked = next_mask(frac, masked)
+            else:
+                masked = planned
+            point = {"fraction": frac, "target": target, "masked": len(masked),
+                     "share_masked": len(masked) / total if total else 0.0,
+                     "spec": masked.to_spec()}
+            point.update(evaluate(masked))
+            points.append(point)
+            if on_point:
+                on_point(point)
     return points
 
 

@@ -9,7 +9,7 @@ references are post-processed exactly as fairseq-generate prints its H- and T- l
 
 import copy
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from fairseq import utils
@@ -55,10 +55,17 @@ class SubsetDecoder:
         return x
 
     def translate(self, desc: Optional[str] = None, progress: bool = True) -> Translations:
+        return self.translate_copies(1, desc=desc, progress=progress)[0]
+
+    def translate_copies(self, copies: int, before_batch: Optional[Callable[[int], None]] = None,
+                         desc: Optional[str] = None, progress: bool = True) -> List[Translations]:
+        """One beam search over the batches, each batch repeated ``copies`` times
+        (``tile``); ``before_batch(n)`` is called with the batch's sentence count before
+        it is decoded (it sets one row mask per copy). One Translations per copy."""
         post = self.cfg.common_eval.post_process
         strip = symbols_to_strip(self.generator)
-        out = {}
-        ntokens = 0
+        out = [{} for _ in range(copies)]
+        ntokens = [0] * copies
         bar = progress_bar.progress_bar(
             self.batches, log_format="tqdm", prefix=desc or self.subset, default_log_format="tqdm",
         ) if progress else self.batches
@@ -66,25 +73,44 @@ class SubsetDecoder:
             for sample in bar:
                 if self.use_cuda:
                     sample = utils.move_to_cuda(sample)
-                hypos = self.task.inference_step(self.generator, [self.model], sample)
-                for i, sid in enumerate(sample["id"].tolist()):
+                ids = sample["id"].tolist()
+                if before_batch is not None:
+                    before_batch(len(ids))
+                hypos = self.task.inference_step(self.generator, [self.model], tile(sample, copies))
+                for i, sid in enumerate(ids):
                     target = utils.strip_pad(sample["target"][i, :], self.tgt_dict.pad())
-                    ref = self.tgt_dict.string(target.int().cpu(), post, escape_unk=True,
-                                               extra_symbols_to_ignore=strip)
-                    best = hypos[i][0]
-                    ntokens += best["tokens"].numel()
-                    _, hyp, _ = utils.post_process_prediction(
-                        hypo_tokens=best["tokens"].int().cpu(), src_str="", alignment=None,
-                        align_dict=None, tgt_dict=self.tgt_dict, remove_bpe=post,
-                        extra_symbols_to_ignore=strip,
-                    )
-                    out[sid] = (self._decode_fn(hyp), self._decode_fn(ref))
-        ids = sorted(out)
-        return Translations(ids, [out[i][0] for i in ids], [out[i][1] for i in ids], ntokens)
+                    ref = self._decode_fn(self.tgt_dict.string(
+                        target.int().cpu(), post, escape_unk=True, extra_symbols_to_ignore=strip))
+                    for c in range(copies):
+                        best = hypos[c * len(ids) + i][0]
+                        ntokens[c] += best["tokens"].numel()
+                        _, hyp, _ = utils.post_process_prediction(
+                            hypo_tokens=best["tokens"].int().cpu(), src_str="", alignment=None,
+                            align_dict=None, tgt_dict=self.tgt_dict, remove_bpe=post,
+                            extra_symbols_to_ignore=strip,
+                        )
+                        out[c][sid] = (self._decode_fn(hyp), ref)
+        result = []
+        for c in range(copies):
+            ids = sorted(out[c])
+            result.append(Translations(ids, [out[c][i][0] for i in ids],
+                                       [out[c][i][1] for i in ids], ntokens[c]))
+        return result
 
 
-def sentence_losses(model, batches, use_cuda=False) -> torch.Tensor:
-    """Teacher-forced summed NLL (nats) per sentence, indexed by sentence id."""
+def tile(sample, copies: int):
+    """The batch repeated ``copies`` times along the sentence axis (copy c of sentence
+    i at row c * n + i)."""
+    if copies == 1:
+        return sample
+    return utils.apply_to_sample(lambda t: t.repeat(copies, *([1] * (t.dim() - 1))), sample)
+
+
+def sentence_losses(model, batches, use_cuda=False, copies: int = 1,
+                    before_batch: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """Teacher-forced summed NLL (nats) per sentence, indexed by sentence id
+    ([copies, sentences]: each batch repeated ``copies`` times, as in
+    ``SubsetDecoder.translate_copies``)."""
     from ..criterions.sentence_nll import sentence_nll
 
     was_training = model.training
@@ -94,8 +120,11 @@ def sentence_losses(model, batches, use_cuda=False) -> torch.Tensor:
         for sample in batches:
             if use_cuda:
                 sample = utils.move_to_cuda(sample)
-            losses.append(sentence_nll(model, sample).float().cpu())
+            n = sample["id"].numel()
+            if before_batch is not None:
+                before_batch(n)
+            losses.append(sentence_nll(model, tile(sample, copies)).float().cpu().view(copies, n))
             ids.append(sample["id"].cpu())
     model.train(was_training)
-    ids, losses = torch.cat(ids), torch.cat(losses)
-    return losses[ids.argsort()]
+    ids, losses = torch.cat(ids), torch.cat(losses, dim=1)
+    return losses[:, ids.argsort()]

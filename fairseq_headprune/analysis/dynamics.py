@@ -136,7 +136,7 @@ def epoch_dynamics(task, model, settings: DynamicsSettings, workers: Optional[Wo
         acc = compute_importance(model, imp_batches, loss_fn, loss_scale, use_cuda)
         del imp_batches
         acc.all_reduce(workers.all_reduce)
-        if acc.counts[1] == acc.counts[2]:
+        if acc.all_skipped:
             raise HeadPruneError("every importance batch had non-finite gradients "
                                  "(fp16 overflow); set --prune-curve-loss-scale lower")
         for g in list(acc.sums):  # one ranking on every worker, whatever the rounding

@@ -14,16 +14,22 @@ the selected sentence ids, so every worker returns the numbers one worker would.
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from ..heads import HeadSet
-from ..models.head_model import set_head_mask
+from ..models.head_model import set_head_mask, set_row_masks
 from . import scoring
 from .data import Selection, collate
 from .decoding import SubsetDecoder, Translations, sentence_losses
 from .workers import SingleWorker, Workers
+
+
+# Default size of a multi-mask decode, in beam rows (sentences x beam x masks): see
+# auto_masks_per_batch and timing/bench_mask_batching.py for how it was chosen.
+AUTO_ROWS = 1024
+MAX_MASKS_PER_BATCH = 16
 
 
 @dataclass
@@ -41,9 +47,10 @@ class Losses:
 class MaskEvaluator:
     def __init__(self, model, task, selection: Selection, gen_cfg, lang: str = "en",
                  fixed: HeadSet = HeadSet(), workers: Optional[Workers] = None,
-                 cache: bool = True, progress: bool = True):
+                 cache: bool = True, progress: bool = True, masks_per_batch: Optional[int] = None):
         """``gen_cfg``: what fairseq-generate reads (``generation``, ``tokenizer``,
-        ``bpe``, ``common_eval.post_process``)."""
+        ``bpe``, ``common_eval.post_process``). ``masks_per_batch``: how many masks one
+        decode evaluates (``prefetch``); None: ``auto_masks_per_batch``."""
         self.model, self.task, self.selection = model, task, selection
         self.lang, self.fixed = lang, fixed
         self.w = workers or SingleWorker()
@@ -54,6 +61,8 @@ class MaskEvaluator:
         self.decoder = SubsetDecoder(gen_cfg, task, model, self.subset, batches=self.batches)
         self.use_cuda = self.decoder.use_cuda
         self.cache, self.progress = cache, progress
+        self.masks_per_batch = masks_per_batch or auto_masks_per_batch(
+            self.batches, gen_cfg.generation.beam)
         self._translations: Dict[HeadSet, Translations] = {}
         self._losses: Dict[HeadSet, Losses] = {}
         self._refs: Optional[List[str]] = None
@@ -67,33 +76,66 @@ class MaskEvaluator:
         return (mask or HeadSet()) | self.fixed
 
     @contextlib.contextmanager
-    def masked(self, mask: HeadSet):
-        """The model with ``mask`` and the fixed mask on; the fixed mask alone after."""
-        set_head_mask(self.model, self.key(mask) or None)
+    def _rows(self, keys: Sequence[HeadSet]):
+        """A callback setting one row mask per copy of each batch; the fixed mask
+        alone after."""
         try:
-            yield
+            yield lambda n: set_row_masks(self.model, keys, n)
         finally:
             set_head_mask(self.model, self.fixed or None)
 
     def _gather(self, local: Dict[int, str]) -> List[str]:
         return self.w.gather_strings({self.pos[i]: s for i, s in local.items()}, len(self.ids))
 
+    def _groups(self, keys: List[HeadSet]) -> List[List[HeadSet]]:
+        k = max(1, int(self.masks_per_batch))
+        return [keys[i:i + k] for i in range(0, len(keys), k)]
+
+    def _many(self, masks: Sequence[HeadSet], cached: Dict, run) -> List:
+        keys = [self.key(m) for m in masks]
+        todo = list(dict.fromkeys(k for k in keys if k not in cached))
+        fresh = {}
+        for group in self._groups(todo):
+            fresh.update(zip(group, run(group)))
+        return [cached[k] if k in cached else fresh[k] for k in keys]
+
+    def translate_many(self, masks: Sequence[HeadSet], desc: Optional[str] = None) -> List[Translations]:
+        """``translate`` of each mask, ``masks_per_batch`` masks per decode."""
+        return self._many(masks, self._translations, lambda g: self._translate_group(g, desc))
+
+    def losses_many(self, masks: Sequence[HeadSet]) -> List["Losses"]:
+        """``losses`` of each mask, ``masks_per_batch`` masks per forward pass."""
+        return self._many(masks, self._losses, self._loss_group)
+
+    def prefetch(self, masks: Sequence[HeadSet], losses: bool = True):
+        """Evaluate every mask not cached yet, several per decode, so that later
+        ``translate``/``losses``/``scores`` of them read the cache."""
+        if self.cache:
+            self.translate_many(masks)
+            if losses:
+                self.losses_many(masks)
+
+    def _translate_group(self, keys: List[HeadSet], desc: Optional[str] = None) -> List[Translations]:
+        label = desc or " ".join(k.to_spec() or "full" for k in keys)
+        with self._rows(keys) as before_batch:
+            trs = self.decoder.translate_copies(len(keys), before_batch,
+                                                desc=f"{self.subset} {label}"[:60],
+                                                progress=self.progress)
+        out = []
+        for key, tr in zip(keys, trs):
+            hyps = self._gather(dict(zip(tr.ids, tr.hyps)))
+            if self._refs is None:
+                self._refs = self._gather(dict(zip(tr.ids, tr.refs)))
+            ntok = torch.tensor([tr.ntokens], dtype=torch.int64)
+            t = Translations(list(self.ids), hyps, list(self._refs), int(self.w.all_reduce(ntok)[0]))
+            if self.cache:
+                self._translations[key] = t
+            out.append(t)
+        return out
+
     def translate(self, mask: HeadSet = HeadSet(), desc: Optional[str] = None) -> Translations:
         """Hypotheses and references of every selected sentence, in id order."""
-        key = self.key(mask)
-        if key in self._translations:
-            return self._translations[key]
-        with self.masked(mask):
-            tr = self.decoder.translate(desc=desc or f"{self.subset} {key.to_spec() or 'full'}"[:60],
-                                        progress=self.progress)
-        hyps = self._gather(dict(zip(tr.ids, tr.hyps)))
-        if self._refs is None:
-            self._refs = self._gather(dict(zip(tr.ids, tr.refs)))
-        ntok = torch.tensor([tr.ntokens], dtype=torch.int64)
-        out = Translations(list(self.ids), hyps, list(self._refs), int(self.w.all_reduce(ntok)[0]))
-        if self.cache:
-            self._translations[key] = out
-        return out
+        return self.translate_many([mask], desc)[0]
 
     def _sentence_ntokens(self) -> List[int]:
         if self._ntokens is None:
@@ -105,22 +147,27 @@ class MaskEvaluator:
             self._ntokens = [int(x) for x in self.w.all_reduce(local).tolist()]
         return self._ntokens
 
+    def _loss_group(self, keys: List[HeadSet]) -> List[Losses]:
+        local = torch.zeros(len(keys), len(self.ids), dtype=torch.float64)
+        if self.batches:
+            with self._rows(keys) as before_batch:
+                values = sentence_losses(self.model, self.batches, self.use_cuda,
+                                         copies=len(keys), before_batch=before_batch)
+            sids = sorted(int(i) for b in self.batches for i in b["id"].tolist())
+            cols = torch.tensor([self.pos[sid] for sid in sids], dtype=torch.long)
+            local[:, cols] = values.double()
+        local = self.w.all_reduce(local)
+        out = []
+        for key, row in zip(keys, local.tolist()):
+            loss = Losses(list(self.ids), row, self._sentence_ntokens())
+            if self.cache:
+                self._losses[key] = loss
+            out.append(loss)
+        return out
+
     def losses(self, mask: HeadSet = HeadSet()) -> Losses:
         """Teacher-forced summed NLL of each selected sentence's reference."""
-        key = self.key(mask)
-        if key in self._losses:
-            return self._losses[key]
-        local = torch.zeros(len(self.ids), dtype=torch.float64)
-        if self.batches:
-            with self.masked(mask):
-                values = sentence_losses(self.model, self.batches, self.use_cuda)
-            sids = sorted(int(i) for b in self.batches for i in b["id"].tolist())
-            for sid, v in zip(sids, values.double().tolist()):
-                local[self.pos[sid]] = v
-        out = Losses(list(self.ids), self.w.all_reduce(local).tolist(), self._sentence_ntokens())
-        if self.cache:
-            self._losses[key] = out
-        return out
+        return self.losses_many([mask])[0]
 
     def scores(self, mask: HeadSet = HeadSet()) -> Dict:
         """{'bleu', 'sacrebleu', 'loss' (``scoring.LOSS_UNIT``), signatures} of ``mask``."""
@@ -132,3 +179,10 @@ class MaskEvaluator:
                 "bleu_signature": bleu["signature"], "sacrebleu_signature": sacre["signature"]}
 
     __call__ = scores
+
+
+def auto_masks_per_batch(batches, beam: int, rows: int = AUTO_ROWS) -> int:
+    """Masks per decode by default: as many copies of the largest batch as fit in
+    ``rows`` beam rows (at least 1, at most ``MAX_MASKS_PER_BATCH``)."""
+    largest = max((b["id"].numel() for b in batches), default=1)
+    return max(1, min(MAX_MASKS_PER_BATCH, rows // max(1, largest * max(1, beam))))

@@ -116,6 +116,7 @@ class Session:
     def evaluator(self, selection: Selection, **kw):
         from .evaluate import MaskEvaluator
 
+        kw.setdefault("masks_per_batch", getattr(self.args, "masks_per_batch", None))
         return MaskEvaluator(self.model, self.task, selection, self.cfg, self.target_lang,
                              fixed=self.fixed_mask, **kw)
 
@@ -137,8 +138,8 @@ class Session:
                            "max_len_b": a.max_len_b, "remove_bpe": a.post_process,
                            "max_tokens": a.max_tokens, "batch_size": a.batch_size},
             "fp16": bool(a.fp16),
-            "device": "cuda" if self.use_cuda else "cpu",
             "dtype": dtype_name(self.dtype),
+            "device": "cuda" if self.use_cuda else "cpu",
             "versions": {"fairseq_headprune": __version__, "fairseq": fairseq.__version__,
                          "torch": torch.__version__},
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -115,7 +115,8 @@ def run(args, stop_after, pool) -> int:
                               args.compare_data, args.compare_subset)
     for i, (label, data, selection, task) in enumerate(sets):
         masks = MaskEvaluator(session.model, task, selection, session.cfg, session.target_lang,
-                              fixed=session.fixed_mask, cache=False, progress=False)
+                              fixed=session.fixed_mask, cache=False, progress=False,
+                              masks_per_batch=args.masks_per_batch)
         ev = (ab.LossEvaluator(masks, args.bootstrap_samples, args.bootstrap_seed)
               if args.metric == "loss" else
               ab.DecodeEvaluator(masks, args.metric, args.bootstrap_samples, args.bootstrap_seed, pool))

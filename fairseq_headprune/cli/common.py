@@ -53,6 +53,11 @@ positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
 fraction_open = _number(float, lambda v: 0 < v < 1, "a number with 0 < x < 1", "is out of range")
 fraction_closed = _number(float, lambda v: 0 <= v <= 1, "a number with 0 <= x <= 1", "is outside [0, 1]")
 sample_size = _number(int, lambda v: v >= 1, "a whole number >= 1; leave the option out for all")
+_masks_per_batch = _number(int, lambda v: 1 <= v <= 64, "auto or a whole number from 1 to 64")
+
+
+def masks_per_batch(text):
+    return None if str(text) == "auto" else _masks_per_batch(text)
 
 
 def _parser_error(message):
@@ -138,6 +143,11 @@ def add_eval_args(group):
                             "evaluation subset (default: all; never the shortest first)")
     group.add_argument("--eval-seed", type=int, default=1, metavar="SEED",
                        help="seed of that sample (default 1)")
+    group.add_argument("--masks-per-batch", type=masks_per_batch, default=None, metavar="K|auto",
+                       help="head masks evaluated in one decode: each batch is repeated K "
+                            "times, each copy with its own mask; the results are those of "
+                            "one mask at a time (default auto: as many as fit in 1024 beam "
+                            "rows per batch, at most 16)")
 
 
 def eval_selection(session: Session, args, subset: str):

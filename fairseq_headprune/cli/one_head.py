@@ -68,10 +68,10 @@ def main(argv):
         if len(heads) < 2:
             logger.info(f"{kind}:{layer} has {len(heads)} head(s) taking part: nothing to choose")
             continue
-        per_head = {}
-        for keep in heads:
-            tr = chooser.translate(HeadSet((kind, layer, h) for h in heads if h != keep))
-            per_head[keep] = score(args.metric, tr.hyps, tr.refs, lang)["score"]
+        trs = chooser.translate_many([HeadSet((kind, layer, h) for h in heads if h != keep)
+                                      for keep in heads])
+        per_head = {keep: score(args.metric, tr.hyps, tr.refs, lang)["score"]
+                    for keep, tr in zip(heads, trs)}
         best = max(heads, key=lambda h: (per_head[h], -h))
         masked = HeadSet((kind, layer, h) for h in heads if h != best)
         tr = evaluate.translate(masked)
