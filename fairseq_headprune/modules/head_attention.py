@@ -124,7 +124,8 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         self.register_buffer("head_mask", None, persistent=False)
         self.row_mask: Optional[Tensor] = None
         self._binary_mask = False  # head_mask holds only 0s and 1s: foldable
-        self._folded: Optional[tuple] = None  # (key, out_proj with the masked weight)
+        self._folded: Optional[tuple] = None  # out_proj with the masked weight, and its key
+        self._active: Optional[tuple] = None  # (heads present, heads taking part, bool mask)
         self.gate_heads = False
         self.last_context: Optional[Tensor] = None
         self.last_context_unmasked: Optional[Tensor] = None
@@ -154,7 +155,7 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             mask = mask.to(self.out_proj.weight.device)
         self.head_mask = mask
         self._binary_mask = mask is not None and bool(((mask == 0) | (mask == 1)).all())
-        self._folded = None
+        self._folded = self._active = None
 
     def set_row_mask(self, mask: Optional[Tensor]):
         """``mask``: [rows, original heads] (1 keeps, 0 masks), row i for the batch's
@@ -370,14 +371,17 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
 
     def _folded_linear(self) -> "_FoldedLinear":
         w, b = self.out_proj.weight, self.out_proj.bias
-        columns = self.head_mask.to(w.dtype).repeat_interleave(self.head_dim)
         if torch.is_grad_enabled() and w.requires_grad:
-            return _FoldedLinear(w * columns, b)  # in the graph: masked columns get no gradient
-        key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else b.data_ptr())
-        if self._folded is None or self._folded[0] != key:
+            # in the graph: masked columns get no gradient
+            return _FoldedLinear(w * self._columns(w), b)
+        f = self._folded  # (weight, its version, bias, folded): reused while unchanged
+        if f is None or f[0] is not w or f[1] != w._version or f[2] is not b:
             with torch.no_grad():
-                self._folded = (key, _FoldedLinear(w * columns, b))
-        return self._folded[1]
+                f = self._folded = (w, w._version, b, _FoldedLinear(w * self._columns(w), b))
+        return f[3]
+
+    def _columns(self, w: Tensor) -> Tensor:
+        return self.head_mask.to(w.dtype).repeat_interleave(self.head_dim)
 
     def _row_weights(self, weights: Tensor, rows: Tensor, need_head_weights: bool) -> Tensor:
         """Per-row version of ``_returned_weights``: the mean over each row's heads that
@@ -395,15 +399,21 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         averages these rows for --print-alignment; a first-k slice of them, as with
         alignment_heads, mixes in that mean); None when no head takes part."""
         mask = self._current_mask()
-        active = None if mask is None else mask.ne(0).to(weights.device)
-        if active is None or bool(active.all()):
+        if mask is None:
             return weights if need_head_weights else weights.mean(dim=0)
-        if not bool(active.any()):
+        # which heads take part, worked out once per mask (this runs at every step)
+        if self._active is None or self._active[0] != self.num_heads:
+            on = mask.ne(0)
+            self._active = (self.num_heads, on.nonzero().view(-1).tolist(), on)
+        _, heads, active = self._active
+        if len(heads) == self.num_heads:
+            return weights if need_head_weights else weights.mean(dim=0)
+        if not heads:
             return None  # like a module without heads: nothing attends
-        mean = weights[active].mean(dim=0)
+        mean = weights[heads].mean(dim=0)
         if not need_head_weights:
             return mean
-        return torch.where(active.view(-1, 1, 1, 1), weights, mean.unsqueeze(0))
+        return torch.where(active.to(weights.device).view(-1, 1, 1, 1), weights, mean.unsqueeze(0))
 
     def _scale_heads(self, ctx: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         """ctx [T, B, heads*d] -> each head's slice times its mask (``rows``: one mask
