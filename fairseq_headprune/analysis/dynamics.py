@@ -63,13 +63,13 @@ class DynamicsSettings:
     kinds: Tuple[str, ...] = KINDS
     subset: str = "valid"
     sentences: Optional[int] = 200
-    beam: int = 5
+    beam: int = 1
     lenpen: float = 1.0
     max_len_a: float = 1.2
     max_len_b: int = 10
     remove_bpe: Optional[str] = "subword_nmt"
     importance_subset: str = "train"
-    importance_sentences: Optional[int] = 2000
+    importance_sentences: Optional[int] = 1000
     granularity: str = "sentence"
     normalize: bool = True
     eps: float = 1e-12

@@ -28,7 +28,7 @@ from .workers import SingleWorker, Workers
 
 # Default size of a multi-mask decode, in beam rows (sentences x beam x masks): see
 # auto_masks_per_batch and timing/bench_mask_batching.py for how it was chosen.
-AUTO_ROWS = 1024
+AUTO_ROWS = 512
 MAX_MASKS_PER_BATCH = 16
 
 

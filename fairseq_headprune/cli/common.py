@@ -146,7 +146,7 @@ def add_eval_args(group):
     group.add_argument("--masks-per-batch", type=masks_per_batch, default=None, metavar="K|auto",
                        help="head masks evaluated in one decode: each batch is repeated K "
                             "times, each copy with its own mask; the results are those of "
-                            "one mask at a time (default auto: as many as fit in 1024 beam "
+                            "one mask at a time (default auto: as many as fit in 512 beam "
                             "rows per batch, at most 16)")
 
 
