@@ -125,7 +125,7 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         self.row_mask: Optional[Tensor] = None
         self._binary_mask = False  # head_mask holds only 0s and 1s: foldable
         self._folded: Optional[tuple] = None  # out_proj with the masked weight, and its key
-        self._active: Optional[tuple] = None  # (heads present, heads taking part, bool mask)
+        self._active: Optional[tuple] = None  # (heads present, how many take part, which, 1/n each)
         self.gate_heads = False
         self.last_context: Optional[Tensor] = None
         self.last_context_unmasked: Optional[Tensor] = None
@@ -404,13 +404,19 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         # which heads take part, worked out once per mask (this runs at every step)
         if self._active is None or self._active[0] != self.num_heads:
             on = mask.ne(0)
-            self._active = (self.num_heads, on.nonzero().view(-1).tolist(), on)
-        _, heads, active = self._active
-        if len(heads) == self.num_heads:
+            n = int(on.sum())
+            self._active = (self.num_heads, n, on, on.float() / max(n, 1))
+        _, n, active, share = self._active
+        if n == self.num_heads:
             return weights if need_head_weights else weights.mean(dim=0)
-        if not heads:
+        if n == 0:
             return None  # like a module without heads: nothing attends
-        mean = weights[heads].mean(dim=0)
+        # the mean over the heads taking part, as one product (no copy of their rows;
+        # this runs at every decoding step): [H] x [B, H, T*S] -> [B, T*S]
+        H, B, T, S = weights.shape
+        if share.dtype != weights.dtype or share.device != weights.device:
+            share = share.to(weights)
+        mean = torch.matmul(share, weights.transpose(0, 1).reshape(B, H, T * S)).view(B, T, S)
         if not need_head_weights:
             return mean
         return torch.where(active.to(weights.device).view(-1, 1, 1, 1), weights, mean.unsqueeze(0))
