@@ -82,6 +82,9 @@ def test_folded_weight_follows_mask_and_weight_changes(setup):
         mod.out_proj.weight.mul_(0.5)
         expected = stock_zeroed(work, b)
         assert torch.equal(forward(work, sample), forward(expected, sample))
+        # so is a conversion of the model (new storage: .double(), .half(), .to())
+        work.double()
+        assert torch.equal(forward(work, sample), forward(expected.double(), sample))
 
 
 def test_zero_cost_mask_trains_like_the_masked_context(setup):

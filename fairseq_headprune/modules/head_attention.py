@@ -233,6 +233,7 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
                 setattr(self, name, nn.Parameter(p.data[..., rows.to(p.device)].clone()))
         self.kept_heads = [self.kept_heads[i] for i in positions]
         self.num_heads = len(self.kept_heads)
+        self._folded = self._active = None
         index = torch.tensor(self.kept_heads, dtype=torch.long,
                              device=self.out_proj.weight.device)
         if "head_index" in self._buffers:
@@ -314,6 +315,17 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         before_softmax: bool = False,
         need_head_weights: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
+        f = self._folded
+        if (f is not None and not before_softmax and not torch.is_grad_enabled()
+                and (incremental_state is not None or not (need_weights or need_head_weights))
+                and f[0]._version == f[1] and f[0].data_ptr() == f[2]
+                and self._modules["out_proj"] is f[4] and not self.gate_heads
+                and self.row_mask is None and self.fold_masks):
+            # the folded 0/1 mask, still valid: fairseq's forward with as little
+            # Python around it as possible (this runs at every decoding step)
+            return self._forward_folded(f[3], query, key, value, key_padding_mask,
+                                        incremental_state, need_weights, static_kv, attn_mask,
+                                        need_head_weights)
         plain = not self.gate_heads and not self.is_pruned and self.row_mask is None
         if plain and self.head_mask is None:
             return super().forward(
@@ -324,8 +336,9 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             need_weights = True
         if plain and self._binary_mask and self.fold_masks and not before_softmax and (
                 not need_weights or incremental_state is not None):
-            return self._forward_folded(query, key, value, key_padding_mask, incremental_state,
-                                        need_weights, static_kv, attn_mask, need_head_weights)
+            return self._forward_folded(self._folded_linear(), query, key, value,
+                                        key_padding_mask, incremental_state, need_weights,
+                                        static_kv, attn_mask, need_head_weights)
         if self.num_heads == 0:
             return self._forward_no_heads(query)
         rows = None
@@ -352,32 +365,40 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
                 weights = self._returned_weights(weights, need_head_weights)
         return out, weights
 
-    def _forward_folded(self, query, key, value, key_padding_mask, incremental_state,
-                        need_weights, static_kv, attn_mask, need_head_weights):
-        """fairseq's own forward with the 0/1 mask folded into ``out_proj``'s weight.
-        Weights, when asked for (incremental decoding), come per head from fairseq and
-        are averaged over the heads that take part, as on the other path."""
-        full = self.out_proj
-        self._modules["out_proj"] = self._folded_linear()
+    def _forward_folded(self, folded: "_FoldedLinear", query, key, value, key_padding_mask,
+                        incremental_state, need_weights, static_kv, attn_mask, need_head_weights):
+        """fairseq's own forward with ``folded`` (the 0/1 mask folded into ``out_proj``'s
+        weight) as ``out_proj``. Weights, when asked for (incremental decoding), come per
+        head from fairseq and are averaged over the heads that take part, as on the
+        other path."""
+        need_weights = need_weights or need_head_weights
+        modules = self._modules
+        full = modules["out_proj"]
+        modules["out_proj"] = folded
         try:
-            out, weights = super().forward(
-                query, key, value, key_padding_mask, incremental_state, need_weights,
+            out, weights = MultiheadAttention.forward(
+                self, query, key, value, key_padding_mask, incremental_state, need_weights,
                 static_kv, attn_mask, False, need_weights)
         finally:
-            self._modules["out_proj"] = full
+            modules["out_proj"] = full
         if need_weights and weights is not None:
             weights = self._returned_weights(weights, need_head_weights)
         return out, weights
 
     def _folded_linear(self) -> "_FoldedLinear":
-        w, b = self.out_proj.weight, self.out_proj.bias
+        out_proj = self.out_proj
+        w, b = out_proj.weight, out_proj.bias
         if torch.is_grad_enabled() and w.requires_grad:
             # in the graph: masked columns get no gradient
             return _FoldedLinear(w * self._columns(w), b)
-        f = self._folded  # (weight, its version, bias, folded): reused while unchanged
-        if f is None or f[0] is not w or f[1] != w._version or f[2] is not b:
+        # (weight, its version and storage, the folded copy, out_proj), kept while the
+        # weight is unchanged (an in-place update or .to()/.half() makes a new copy)
+        f = self._folded
+        if (f is None or f[0] is not w or f[1] != w._version or f[2] != w.data_ptr()
+                or f[3].bias is not b or f[4] is not out_proj):
             with torch.no_grad():
-                f = self._folded = (w, w._version, b, _FoldedLinear(w * self._columns(w), b))
+                f = self._folded = (w, w._version, w.data_ptr(),
+                                    _FoldedLinear(w * self._columns(w), b), out_proj)
         return f[3]
 
     def _columns(self, w: Tensor) -> Tensor:
