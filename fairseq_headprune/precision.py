@@ -27,7 +27,8 @@ BOTH_MESSAGE = ("--fp16 and --bf16 cannot be combined (allowed: one of them, or 
                 "for float32)")
 
 
-def _get(cfg: Any, key: str):
+def cfg_get(cfg: Any, key: str):
+    """``cfg.key`` of a namespace, dict or (struct) DictConfig; None when absent."""
     if cfg is None:
         return None
     if isinstance(cfg, dict):
@@ -43,8 +44,8 @@ def model_dtype(common: Any):
     argparse namespace): float16 with --fp16, bfloat16 with --bf16, else float32."""
     import torch
 
-    fp16 = bool(_get(common, "fp16") or _get(common, "memory_efficient_fp16"))
-    bf16 = bool(_get(common, "bf16") or _get(common, "memory_efficient_bf16"))
+    fp16 = bool(cfg_get(common, "fp16") or cfg_get(common, "memory_efficient_fp16"))
+    bf16 = bool(cfg_get(common, "bf16") or cfg_get(common, "memory_efficient_bf16"))
     if fp16 and bf16:
         raise HeadPruneError(BOTH_MESSAGE)
     return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
@@ -75,10 +76,10 @@ def check_training_flags(cfg: Any) -> None:
     traceback. Configs without these keys are left alone."""
     import torch
 
-    fp16 = bool(_get(cfg, "fp16") or _get(cfg, "memory_efficient_fp16"))
-    bf16 = bool(_get(cfg, "bf16") or _get(cfg, "memory_efficient_bf16"))
-    tpu = bool(_get(cfg, "tpu"))
-    on_cpu = bool(_get(cfg, "cpu")) or not torch.cuda.is_available()
+    fp16 = bool(cfg_get(cfg, "fp16") or cfg_get(cfg, "memory_efficient_fp16"))
+    bf16 = bool(cfg_get(cfg, "bf16") or cfg_get(cfg, "memory_efficient_bf16"))
+    tpu = bool(cfg_get(cfg, "tpu"))
+    on_cpu = bool(cfg_get(cfg, "cpu")) or not torch.cuda.is_available()
     if fp16 and (bf16 or tpu):
         raise HeadPruneError(BOTH_MESSAGE)
     if (bf16 or tpu) and not _has_torch_xla():
@@ -87,7 +88,7 @@ def check_training_flags(cfg: Any) -> None:
             f"fairseq-train {flag}, which needs torch_xla, not installed here (allowed: "
             f"float32, no precision flag; --fp16 or --amp on a CUDA GPU)")
     if fp16 and on_cpu:
-        where = "--cpu is set" if _get(cfg, "cpu") else "no CUDA GPU is available"
+        where = "--cpu is set" if cfg_get(cfg, "cpu") else "no CUDA GPU is available"
         raise HeadPruneError(
             f"fairseq-train --fp16 needs a CUDA GPU (fairseq's FP16 optimizer keeps its "
             f"float32 weights there) and {where} (allowed on CPU: float32, no precision "

@@ -260,30 +260,21 @@ def estimate(full: Cost, cost: Cost, tp: Throughput) -> float:
 def _rate(fn, work: float, sync, repeats: int = 5, min_s: float = 0.002) -> float:
     """work/second of ``fn``: the median of ``repeats`` timings of enough calls to last
     ``min_s`` each."""
+    def seconds(n):  # n calls, synchronised on both ends
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if sync:
+            sync()
+        return time.perf_counter() - t0
+
     fn()
     n = 1
-    while True:
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if sync:
-            sync()
-        if time.perf_counter() - t0 >= min_s or n >= 1 << 16:
-            break
+    while seconds(n) < min_s and n < 1 << 16:
         n *= 2
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t0) / n)
-    return work / statistics.median(times)
+    return work / statistics.median(seconds(n) / n for _ in range(repeats))
 
 
 def calibrate(dims: ModelDims, device="cpu", dtype=None, sync=None, tokens: int = 512,

@@ -41,7 +41,7 @@ from ..models.head_model import (
     remove_heads,
     set_head_mask,
 )
-from ..precision import check_training_flags
+from ..precision import cfg_get, check_training_flags
 
 logger = logging.getLogger(__name__)
 
@@ -228,26 +228,17 @@ def check_alignment_layer(model):
             f"keep at least one head there, or leave out --print-alignment")
 
 
-def _cfg_get(cfg, key):
-    if isinstance(cfg, dict):
-        return cfg.get(key)
-    try:
-        return getattr(cfg, key, None)
-    except Exception:  # a struct DictConfig without the key
-        return None
-
-
 def training_checkpoint_path(cfg) -> Optional[str]:
     """The checkpoint fairseq-train will load (fairseq.checkpoint_utils.load_checkpoint's
     choice), when the model config carries the checkpoint options (legacy architectures
     get the whole command line as their config); None otherwise or if it is missing."""
-    restore, save_dir = _cfg_get(cfg, "restore_file"), _cfg_get(cfg, "save_dir")
+    restore, save_dir = cfg_get(cfg, "restore_file"), cfg_get(cfg, "save_dir")
     if not restore or save_dir is None:
         return None
-    suffix = _cfg_get(cfg, "checkpoint_suffix") or ""
+    suffix = cfg_get(cfg, "checkpoint_suffix") or ""
     if restore == "checkpoint_last.pt":
         path = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
-        finetune = _cfg_get(cfg, "finetune_from_model")
+        finetune = cfg_get(cfg, "finetune_from_model")
         if not os.path.exists(path) and finetune:
             path = finetune
     else:
