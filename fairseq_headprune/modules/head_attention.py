@@ -196,6 +196,8 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         """fairseq's reordering (beam search, finished sentences dropped), and each
         row's mask with its row."""
         incremental_state = super().reorder_incremental_state(incremental_state, new_order)
+        if self.row_mask is None:  # no row masks in this decode (every step: keep it cheap)
+            return incremental_state
         saved = self.get_incremental_state(incremental_state, "head_row_mask")
         if saved is not None:
             saved["mask"] = saved["mask"].index_select(0, new_order)
