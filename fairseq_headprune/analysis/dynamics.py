@@ -124,24 +124,13 @@ def epoch_dynamics(task, model, settings: DynamicsSettings, workers: Optional[Wo
     workers = workers or Workers()
     cache = cache if cache is not None else {}
     s = settings
-    if "imp" not in cache:
-        cache["imp"] = select(task, [model], data_spec(s, s.importance_subset, s.importance_sentences))
+    if "eval" not in cache:
         cache["eval"] = select(task, [model], data_spec(s, s.subset, s.sentences))
-    use_cuda = next(model.parameters()).is_cuda
     was_training = model.training
-    model.eval()
     try:
+        imp = slice_importance(task, model, s, workers, fixed_mask, loss_scale, loss_fn, cache)
+        model.eval()
         set_head_mask(model, fixed_mask or None)
-        imp_batches = collate(task, s.importance_subset, cache["imp"].shard(workers.world, workers.rank))
-        acc = compute_importance(model, imp_batches, loss_fn, loss_scale, use_cuda)
-        del imp_batches
-        acc.all_reduce(workers.all_reduce)
-        if acc.all_skipped:
-            raise HeadPruneError("every importance batch had non-finite gradients "
-                                 "(fp16 overflow); set --prune-curve-loss-scale lower")
-        for g in list(acc.sums):  # one ranking on every worker, whatever the rounding
-            acc.sums[g] = workers.broadcast(acc.sums[g])
-        imp = acc.result(removed_map(model)).to_json(s.granularity, s.normalize, s.eps)
         shape = model_head_shape(model)
         exclude = removed_heads(model) | fixed_mask
         order = importance_order(importance_scores(imp), s.kinds, exclude)
@@ -168,6 +157,36 @@ def epoch_dynamics(task, model, settings: DynamicsSettings, workers: Optional[Wo
         "workers": workers.world,
         "loss_scale": loss_scale,
     }
+
+
+def slice_importance(task, model, settings: DynamicsSettings, workers: Optional[Workers] = None,
+                     fixed_mask: HeadSet = HeadSet(), loss_scale: float = 1.0,
+                     loss_fn: Optional[Callable] = None, cache: Optional[dict] = None) -> dict:
+    """Importance JSON of ``model`` now, on the fixed sample of ``importance_subset``
+    (evaluation mode, summed across workers, identical on every worker). Leaves the
+    model in its mode with ``fixed_mask`` set."""
+    workers = workers or Workers()
+    cache = cache if cache is not None else {}
+    s = settings
+    if "imp" not in cache:
+        cache["imp"] = select(task, [model], data_spec(s, s.importance_subset, s.importance_sentences))
+    use_cuda = next(model.parameters()).is_cuda
+    was_training = model.training
+    model.eval()
+    try:
+        set_head_mask(model, fixed_mask or None)
+        imp_batches = collate(task, s.importance_subset, cache["imp"].shard(workers.world, workers.rank))
+        acc = compute_importance(model, imp_batches, loss_fn, loss_scale, use_cuda)
+        del imp_batches
+        acc.all_reduce(workers.all_reduce)
+        if acc.all_skipped:
+            raise HeadPruneError("every importance batch had non-finite gradients "
+                                 "(fp16 overflow); set --prune-curve-loss-scale lower")
+        for g in list(acc.sums):  # one ranking on every worker, whatever the rounding
+            acc.sums[g] = workers.broadcast(acc.sums[g])
+        return acc.result(removed_map(model)).to_json(s.granularity, s.normalize, s.eps)
+    finally:
+        model.train(was_training)
 
 
 # ---- head_dynamics.jsonl -------------------------------------------------------------

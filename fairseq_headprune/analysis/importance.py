@@ -190,11 +190,27 @@ class Importance:
         return obj
 
 
-def _query_padding(model, sample) -> Dict[str, torch.Tensor]:
+def query_padding(model, sample) -> Dict[str, torch.Tensor]:
     """[T, B] padding masks of the query side of each kind."""
     src_pad = sample["net_input"]["src_tokens"].eq(model.encoder.dictionary.pad())
     tgt_pad = sample["target"].eq(model.decoder.dictionary.pad())
     return {"E": src_pad.t(), "A": tgt_pad.t(), "D": tgt_pad.t()}
+
+
+def _gate_gradient(m, ctx, g, loss_scale: float):
+    """[T, B, kept heads] float64 ∂L/∂ξ of module ``m`` from its gated context ``ctx``
+    (= out_proj's input u) and ∂(scale·L)/∂u ``g`` (None: the loss does not depend on
+    it). Under a mask the gradient is taken at ξ_h = 0 with the unmasked context."""
+    if m.last_context_unmasked is not None:
+        ctx = m.last_context_unmasked
+    if g is None:
+        g = torch.zeros_like(ctx)
+    T, B, _ = ctx.shape
+    # product and the sum over the head's d dimensions in the model's precision, half
+    # types (float16, bfloat16) in float32; then float64
+    dtype = torch.float32 if ctx.dtype in (torch.float16, torch.bfloat16) else ctx.dtype
+    gr = (ctx.to(dtype) * g.to(dtype)).view(T, B, m.num_heads, m.head_dim).sum(-1)
+    return gr.double() / loss_scale
 
 
 def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
@@ -216,21 +232,37 @@ def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
         for key, m in modules.items():
             gr = None
             if key in ctxs:
-                ctx = ctxs[key].detach()
-                g = by_key[key]  # ∂L/∂u, u = out_proj's input
-                if m.last_context_unmasked is not None:
-                    ctx = m.last_context_unmasked  # masked heads: gradient at ξ_h = 0
-                if g is None:  # the loss does not depend on this module
-                    g = torch.zeros_like(ctx)
-                T, B, _ = ctx.shape
-                # product and the sum over the head's d dimensions in the model's
-                # precision, half types (float16, bfloat16) in float32; then float64
-                dtype = torch.float32 if ctx.dtype in (torch.float16, torch.bfloat16) else ctx.dtype
-                gr = (ctx.to(dtype) * g.to(dtype)).view(T, B, m.num_heads, m.head_dim).sum(-1)
-                gr = gr.double() / loss_scale
+                gr = _gate_gradient(m, ctxs[key].detach(), by_key[key], loss_scale)
                 finite = finite and bool(torch.isfinite(gr).all())
             out[key] = (gr, list(m.kept_heads))
     return out, finite
+
+
+@contextlib.contextmanager
+def training_gates(model):
+    """Gate every module and keep ∂L/∂u of its context after a backward pass that the
+    caller runs (fairseq-train's own training step: parameters get their gradients as
+    usual). Yields a function returning the gate gradients as ``batch_gate_gradients``
+    does, given the loss scale that backward pass used."""
+    with gated(model) as modules:
+        for m in modules.values():
+            m.retain_context_grad = True
+
+        def collect(loss_scale: float = 1.0):
+            out, finite = {}, True
+            for key, m in modules.items():
+                gr, ctx = None, m.last_context
+                if ctx is not None and m.num_heads > 0:
+                    gr = _gate_gradient(m, ctx.detach(), ctx.grad, loss_scale)
+                    finite = finite and bool(torch.isfinite(gr).all())
+                out[key] = (gr, list(m.kept_heads))
+            return out, finite
+
+        try:
+            yield collect
+        finally:
+            for m in modules.values():
+                m.retain_context_grad = False
 
 
 def compute_importance(model, batches: Iterable[dict], loss_fn=None, loss_scale: float = 1.0,
@@ -251,7 +283,7 @@ def compute_importance(model, batches: Iterable[dict], loss_fn=None, loss_scale:
         if not finite:
             acc.skip_batch()
             continue
-        acc.add_batch(grads, {k: v.cpu() for k, v in _query_padding(model, sample).items()},
+        acc.add_batch(grads, {k: v.cpu() for k, v in query_padding(model, sample).items()},
                       sample["target"].size(0))
     model.train(was_training)
     return acc

@@ -136,3 +136,17 @@ def take_with_floor(order: Sequence[Head], count: int, shape: Shape, min_per_lay
         left[key] -= 1
         chosen.append(head)
     return HeadSet(chosen)
+
+
+def rank_agreement(a: Scores, b: Scores) -> Optional[float]:
+    """Spearman's rank correlation (scipy) between two score tables over the heads that
+    both score; None with fewer than two such heads or a constant table."""
+    from scipy.stats import spearmanr
+
+    pairs = [(float(x), float(y)) for kind in KINDS
+             for ra, rb in zip(a.get(kind) or [], b.get(kind) or [])
+             for x, y in zip(ra, rb) if x is not None and y is not None]
+    if len(pairs) < 2:
+        return None
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return None if rho != rho else float(rho)

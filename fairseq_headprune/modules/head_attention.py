@@ -96,6 +96,9 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
     # 0/1 masks run fairseq's forward with out_proj's weight folded (False: this
     # package's attention path, which calls out_proj itself; for references and timing)
     fold_masks: bool = True
+    # with gate_heads: keep ∂L/∂u in last_context.grad after a backward pass that the
+    # caller runs itself (importance from fairseq-train's own training steps)
+    retain_context_grad: bool = False
 
     @classmethod
     def convert(
@@ -218,13 +221,36 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             [p * d + i for p in positions for i in range(d)], dtype=torch.long
         )
 
+    def removal_slices(self, heads: Iterable[int]) -> Dict[str, Tuple[int, Tensor]]:
+        """What removing original heads ``heads`` (0-based) keeps of each parameter:
+        {parameter name in this module: (dim, kept indices along dim)}, only for
+        parameters that shrink ({} if none of ``heads`` is present). The one place that
+        knows the layout; ``remove_heads`` and the optimizer-state surgery of pruning
+        while training (tasks/train_pruning.py) both use it."""
+        remove = set(heads) & set(self.kept_heads)
+        if not remove:
+            return {}
+        rows = self._head_rows([i for i, h in enumerate(self.kept_heads) if h not in remove])
+        out = {}
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            out[f"{proj}.weight"] = (0, rows)
+            if getattr(self, proj).bias is not None:
+                out[f"{proj}.bias"] = (0, rows)
+        out["out_proj.weight"] = (1, rows)
+        for name in ("bias_k", "bias_v"):
+            p = getattr(self, name)
+            if p is not None:
+                out[name] = (p.dim() - 1, rows)
+        return out
+
     def remove_heads(self, heads: Iterable[int]):
-        """Remove original heads (0-based); heads already gone are ignored."""
+        """Remove original heads (0-based); heads already gone are ignored. q/k/v and
+        out_proj become new modules (new parameters: an optimizer must be rebuilt)."""
         remove = set(heads) & set(self.kept_heads)
         if not remove:
             return
         positions = [i for i, h in enumerate(self.kept_heads) if h not in remove]
-        rows = self._head_rows(positions)
+        rows = self.removal_slices(remove)["out_proj.weight"][1]
         self.q_proj = prune_linear(self.q_proj, rows, 0)
         self.k_proj = prune_linear(self.k_proj, rows, 0)
         self.v_proj = prune_linear(self.v_proj, rows, 0)
@@ -232,7 +258,8 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
         for name in ("bias_k", "bias_v"):
             p = getattr(self, name)
             if p is not None:
-                setattr(self, name, nn.Parameter(p.data[..., rows.to(p.device)].clone()))
+                setattr(self, name, nn.Parameter(p.data[..., rows.to(p.device)].clone(),
+                                                 requires_grad=p.requires_grad))
         self.kept_heads = [self.kept_heads[i] for i in positions]
         self.num_heads = len(self.kept_heads)
         self._folded = self._active = None
@@ -464,6 +491,8 @@ class HeadMaskedMultiheadAttention(MultiheadAttention):
             # the first gated context becomes a leaf; no gradient is lost by that.)
             if not ctx.requires_grad:
                 ctx = ctx.detach().requires_grad_()
+            elif self.retain_context_grad:
+                ctx.retain_grad()
             self.last_context = ctx
             self.last_context_unmasked = None if mask is None else unmasked.detach()
         return ctx

@@ -40,6 +40,7 @@ from ..models.head_model import (
     recorded_removed_heads,
     remove_heads,
     set_head_mask,
+    unwrap_model,
 )
 from ..precision import cfg_get, check_training_flags
 
@@ -103,6 +104,33 @@ class TranslationHeadPruneConfig(TranslationConfig):
                 "--fp16 loss scale; 1 in fp32 and --amp)"})
     prune_curve_file: str = field(default="head_dynamics.jsonl", metadata={
         "help": "file name of the results, in --save-dir"})
+    # ---- pruning while training (fairseq-train) ----
+    accumulate_head_importance: bool = field(default=False, metadata={
+        "help": "accumulate head importance from the training steps' own backward passes "
+                "(sentence granularity), summed across workers, reset every epoch; one JSON "
+                "line per epoch in <save-dir>/head_importance.jsonl and the last epoch's in "
+                "the checkpoint's task state"})
+    prune_schedule: Optional[str] = field(default=None, metadata={
+        "help": "remove heads at epoch ends until each kind reaches its share, e.g. "
+                "'E:50%% A:25%% D:50%%' (ranked within each kind) or 'all:50%%' (ranked "
+                "together); one JSON line per removal in <save-dir>/head_pruning.jsonl"})
+    prune_start_epoch: int = field(default=1, metadata={
+        "help": "first epoch at whose end heads are removed"})
+    prune_end_epoch: Optional[int] = field(default=None, metadata={
+        "help": "epoch at whose end the schedule's shares are reached (default: the start "
+                "epoch, i.e. all at once)"})
+    prune_ramp: ChoiceEnum(["linear", "cubic"]) = field(default="linear", metadata={
+        "help": "how the share grows from start to end: linear, or cubic (most heads early)"})
+    min_heads_per_layer: int = field(default=0, metadata={
+        "help": "never remove heads below this many in any attention module"})
+    prune_importance: ChoiceEnum(["train", "slice"]) = field(default="train", metadata={
+        "help": "rank heads by importance accumulated from the epoch's training steps "
+                "(train; turns on --accumulate-head-importance) or estimated in evaluation "
+                "mode on the --prune-curve-importance-* sample of the training data (slice)"})
+    head_importance_file: str = field(default="head_importance.jsonl", metadata={
+        "help": "file name of the training importance lines, in --save-dir"})
+    head_pruning_file: str = field(default="head_pruning.jsonl", metadata={
+        "help": "file name of the removal lines, in --save-dir"})
     # taken from the training configuration (hydra interpolation; no command-line flag)
     prune_curve_save_dir: str = II("checkpoint.save_dir")
     prune_curve_max_tokens: Optional[int] = II("dataset.max_tokens_valid")
@@ -121,6 +149,15 @@ class TranslationHeadPruneTask(TranslationTask):
         self.prune_spec = HeadSpec.parse(cfg.prune_heads)
         self.fixed_mask = HeadSet()
         self._dyn = None  # DynamicsState, created when fairseq-train first needs it
+        self._prune = None  # TrainPruningState, likewise
+        self._prune_last_updates = None
+        if self.train_pruning_enabled:
+            self._pruning()  # a bad --prune-schedule fails now, not after an epoch
+
+    @property
+    def train_pruning_enabled(self) -> bool:
+        return bool(getattr(self.cfg, "accumulate_head_importance", False)
+                    or getattr(self.cfg, "prune_schedule", None))
 
     @property
     def dynamics_enabled(self) -> bool:
@@ -142,6 +179,12 @@ class TranslationHeadPruneTask(TranslationTask):
             # --restore-file / --finetune-from-model: build it as small as that
             # checkpoint, so that the parameter count fairseq logs, the optimizer, EMA
             # and data-parallel wrappers all see the smaller model from the start.
+            if self.train_pruning_enabled:
+                if cfg_get(cfg, "disable_validation"):
+                    raise HeadPruneError(
+                        "--accumulate-head-importance and --prune-schedule act at fairseq's "
+                        "end-of-epoch validation; leave out --disable-validation")
+                self._pruning().check_model(model)
             path = training_checkpoint_path(cfg)
             if path is not None:
                 found = heads_removed_in_checkpoint(path, model)
@@ -169,24 +212,40 @@ class TranslationHeadPruneTask(TranslationTask):
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         itr = super().get_batch_iterator(dataset, *args, **kwargs)
-        if self._dyn is not None or self.dynamics_enabled:
+        if self._dyn is not None or self.dynamics_enabled or self.train_pruning_enabled:
             from .dynamics_hooks import called_from_train_iterator
 
             self._dynamics().note_iterator(dataset, itr, from_trainer=called_from_train_iterator())
         return itr
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if self.dynamics_enabled:
+        if self.dynamics_enabled or self.train_pruning_enabled:
             self._dynamics().note_step(optimizer, update_num)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        step = super().train_step
+        if self.train_pruning_enabled:
+            return self._pruning().train_step(
+                lambda: step(sample, model, criterion, optimizer, update_num, ignore_grad),
+                sample, model, optimizer, ignore_grad)
+        return step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
-        if self.dynamics_enabled:
+        if self.dynamics_enabled or self.train_pruning_enabled:
             self._dynamics().begin_epoch(epoch)
 
     def begin_valid_epoch(self, epoch, model):
         super().begin_valid_epoch(epoch, model)
+        if self.train_pruning_enabled:
+            from .dynamics_hooks import epoch_exhausted
+            from .train_pruning import calling_trainer
+
+            dyn = self._dynamics()
+            updates = dyn.num_updates()
+            if epoch_exhausted(dyn.train_itr) and updates != self._prune_last_updates:
+                self._prune_last_updates = updates
+                self._pruning().end_of_epoch(epoch, updates, unwrap_model(model),
+                                             calling_trainer(), dyn.loss_scale(model),
+                                             resume_updates=dyn.resume_updates)
         if self.dynamics_enabled:
             self._dynamics().maybe_run(epoch, model)
 
@@ -196,6 +255,13 @@ class TranslationHeadPruneTask(TranslationTask):
             parent(model, stats, agg)
         if self._dyn is not None:
             self._dyn.add_stats(stats)
+
+    def _pruning(self):
+        if self._prune is None:
+            from .train_pruning import TrainPruningState
+
+            self._prune = TrainPruningState(self, self._dynamics().settings)
+        return self._prune
 
     def _dynamics(self):
         if self._dyn is None:
