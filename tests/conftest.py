@@ -64,6 +64,22 @@ def data_dir(tmp_path_factory):
     return os.path.join(out, "bin")
 
 
+@pytest.fixture(scope="session")
+def tiny_data(data_dir, tmp_path_factory):
+    """A data dir for short fairseq-train runs: train = the 120 Multi30k valid pairs,
+    valid and test = the 120 test pairs (same dictionaries as ``data_dir``)."""
+    out = tmp_path_factory.mktemp("tinydata")
+    for f in os.listdir(data_dir):
+        if f.startswith("dict."):
+            shutil.copy(os.path.join(data_dir, f), out / f)
+    for lang in ("de", "en"):
+        for ext in ("bin", "idx"):
+            shutil.copy(os.path.join(data_dir, f"valid.de-en.{lang}.{ext}"), out / f"train.de-en.{lang}.{ext}")
+            for split in ("valid", "test"):
+                shutil.copy(os.path.join(data_dir, f"test.de-en.{lang}.{ext}"), out / f"{split}.de-en.{lang}.{ext}")
+    return str(out)
+
+
 def train(data, save_dir, extra=(), task="translation", updates=600, user_dir=True):
     cmd = ["fairseq-train", data, "--save-dir", save_dir, "--task", task,
            "--max-update", str(updates), *TINY_ARCH, *TRAIN_FLAGS, *extra]

@@ -38,16 +38,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tinydata")
-    for f in os.listdir(data_dir):
-        if f.startswith("dict."):
-            shutil.copy(os.path.join(data_dir, f), out / f)
-    for lang in ("de", "en"):
-        for ext in ("bin", "idx"):
-            shutil.copy(os.path.join(data_dir, f"valid.de-en.{lang}.{ext}"), out / f"train.de-en.{lang}.{ext}")
-            shutil.copy(os.path.join(data_dir, f"test.de-en.{lang}.{ext}"), out / f"valid.de-en.{lang}.{ext}")
-    return str(out)
+def tiny(tiny_data):
+    return tiny_data
 
 
 def train_cmd(tiny, init, save, *extra):

@@ -82,3 +82,19 @@ def test_wmt14_analysis_tiny(wmt_inputs, tmp_path):  # noqa: F811
                     "Cross-domain comparison", "Exported pruned checkpoints", "Speed"):
         assert f"## {section}" in report, section
     assert (res / "pruned40.pt").exists() and (res / "ablation.test1.json").exists()
+
+
+def test_prune_while_training_tiny(tiny_data, tmp_path):
+    out = tmp_path / "pwt"  # 120 training pairs (demo.sh --tiny tests the data preparation)
+    recipe("prune-while-training.sh", "--tiny", "--out", out, "--bin", tiny_data)
+    arms = {a: json.loads((out / "arms" / "json" / f"{a}.json").read_text()) for a in "abcde"}
+    # (b), (c), (d) keep half of the 24 heads; (e) has 2 per layer by construction
+    for a in "bcd":
+        assert sum(arms[a]["heads_kept"].values()) == 12 and arms[a]["speed"]["speedup"] > 0
+    assert arms["e"]["heads_total"] == {"E": 4, "A": 4, "D": 4} and arms["e"]["speed"] is None
+    report = (out / "report" / "report.md").read_text()
+    for a in "abcde":
+        assert f"| ({a}) |" in report and f"{arms[a]['bleu']:.2f}" in report
+    assert "Spearman rank correlation" in report and (out / "report" / "bleu_vs_heads.png").exists()
+    pruning = [json.loads(l) for l in (out / "d" / "head_pruning.jsonl").read_text().splitlines()]
+    assert pruning[-1]["all_removed_spec"] == arms["d"]["removed_spec"]

@@ -18,7 +18,7 @@ from fairseq_headprune.analysis.importance import ImportanceAccumulator, batch_g
 from fairseq_headprune.analysis.schedule import PruneSchedule
 from fairseq_headprune.errors import HeadPruneError
 from fairseq_headprune.heads import HeadSet
-from fairseq_headprune.models.head_model import attention_modules, model_head_shape, removed_heads
+from fairseq_headprune.models.head_model import model_head_shape, removed_heads
 from fairseq_headprune.tasks.train_pruning import shrink_trainer, slice_flat, slice_optimizer_state
 
 USER_DIR = os.path.join(ROOT, "fairseq_headprune")
@@ -211,19 +211,8 @@ SCHEDULE = ["--prune-schedule", "E:50% A:25% D:50%", "--prune-end-epoch", "2"]
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir, tmp_path_factory):
-    """train = the 120 Multi30k valid pairs, valid = the 120 test pairs."""
-    import shutil
-
-    out = tmp_path_factory.mktemp("tinyprune")
-    for f in os.listdir(data_dir):
-        if f.startswith("dict."):
-            shutil.copy(os.path.join(data_dir, f), out / f)
-    for lang in ("de", "en"):
-        for ext in ("bin", "idx"):
-            shutil.copy(os.path.join(data_dir, f"valid.de-en.{lang}.{ext}"), out / f"train.de-en.{lang}.{ext}")
-            shutil.copy(os.path.join(data_dir, f"test.de-en.{lang}.{ext}"), out / f"valid.de-en.{lang}.{ext}")
-    return str(out)
+def tiny(tiny_data):
+    return tiny_data
 
 
 def train_cmd(tiny, save, *extra):
@@ -363,3 +352,45 @@ def test_bad_schedules_fail_with_one_line(tiny, tmp_path, extra, message):
     assert len(errors) == 1 and message in errors[0], p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     assert not os.path.exists(tmp_path / "bad" / "checkpoint_last.pt")
+
+
+def test_hydra_config_prunes_while_training(tiny, tmp_path):
+    save = tmp_path / "h"
+    run(["fairseq-hydra-train", "--config-dir", os.path.join(ROOT, "configs"),
+         "--config-name", "multi30k_prune_while_training", f"task.data={tiny}", f"common.user_dir={USER_DIR}",
+         f"checkpoint.save_dir={save}", f"hydra.run.dir={tmp_path}/hydra",
+         "model.encoder.layers=1", "model.decoder.layers=1", "model.encoder.embed_dim=32",
+         "model.decoder.embed_dim=32", "model.encoder.ffn_embed_dim=32", "model.decoder.ffn_embed_dim=32",
+         "model.encoder.attention_heads=4", "model.decoder.attention_heads=4", "optimization.max_epoch=2",
+         "task.prune_end_epoch=2", "dataset.max_tokens=1000", "dataset.batch_size_valid=8",
+         "task.prune_curve_sentences=8"])
+    lines = read(save, "head_pruning.jsonl")
+    # cubic ramp over 2 epochs: 1 - (1 - 1/2)^3 = 87.5% of the share after epoch 1
+    assert [l["progress"] for l in lines] == [0.875, 1.0]
+    assert [l["targets"] for l in lines] == [{"all": 5}, {"all": 6}]  # of 12 heads
+    removed = {k: sum(1 for line in lines for h in line["removed"] if h["head"][0] == k) for k in "EAD"}
+    assert lines[-1]["heads_left"] == {k: 4 - removed[k] for k in "EAD"}
+    assert sum(removed.values()) == 6
+
+
+def test_removal_mid_training_carries_the_ema_model(data_dir):
+    extra = ["--dropout", "0", "--attention-dropout", "0", "--store-ema", "--ema-start-update", "0",
+             "--ema-decay", "0.9"]
+    task, model, cfg, criterion, _, sample = _setup(data_dir, extra)
+    trainer = _trainer(task, model, criterion, cfg)
+    for _ in range(2):
+        trainer.train_step([sample])
+    ema = trainer.ema.get_model()
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    heads = HeadSet([("E", 1, 2), ("A", 2, 1), ("D", 3, 4)])
+    shrink_trainer(trainer, heads, model_cfg=cfg.model)
+    assert removed_heads(trainer.ema.get_model()) == heads
+    trainer.train_step([sample])
+    after, new = trainer.ema.get_model().state_dict(), model.state_dict()
+    for k, v in after.items():
+        if k.endswith("head_index"):
+            assert torch.equal(v, new[k])
+        elif v.is_floating_point() and "version" not in k:
+            # one EMA step from the sliced shadow weights: 0.9 * old + 0.1 * new
+            old = _by_hand(before[k], k, v.shape, model)
+            assert torch.allclose(v, 0.9 * old + 0.1 * new[k], atol=1e-6), k

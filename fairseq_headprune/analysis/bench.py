@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..models.head_model import generation_mode
 from . import speed
 
 logger = logging.getLogger("fairseq_headprune.bench")
@@ -171,7 +172,7 @@ def _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s, sync,
 
         def f():
             out = []
-            with torch.no_grad():
+            with torch.no_grad(), generation_mode(model):
                 for b in batches:
                     hypos = task.inference_step(gen, [model], b)
                     out += [(int(i), h[0]["tokens"].tolist())

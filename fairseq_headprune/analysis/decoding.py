@@ -15,6 +15,8 @@ import torch
 from fairseq import utils
 from fairseq.logging import progress_bar
 
+from ..models.head_model import generation_mode
+
 
 @dataclass
 class Translations:
@@ -69,7 +71,7 @@ class SubsetDecoder:
         bar = progress_bar.progress_bar(
             self.batches, log_format="tqdm", prefix=desc or self.subset, default_log_format="tqdm",
         ) if progress else self.batches
-        with torch.no_grad():
+        with torch.no_grad(), generation_mode(self.model):
             for sample in bar:
                 if self.use_cuda:
                     sample = utils.move_to_cuda(sample)

@@ -6,6 +6,7 @@ A model's attention modules are addressed as (kind, layer), 1-based:
 ``A`` = ``decoder.layers[i].encoder_attn``.
 """
 
+import contextlib
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -45,6 +46,25 @@ def _stock_attention_modules(model) -> "OrderedDict[Tuple[str, int], torch.nn.Mo
             f"(allowed: fairseq transformer models)"
         )
     return found
+
+
+@contextlib.contextmanager
+def generation_mode(model, need_attn: bool = False):
+    """Decoder layers compute attention weights only where fairseq-generate would: its
+    ``prepare_for_inference_`` sets every layer's ``need_attn`` to --print-alignment
+    (False), so only the alignment layer, which the decoder asks explicitly, returns
+    weights. Without this every layer averages its encoder-decoder weights at every
+    step for nothing. Restored on exit (fairseq-train's model keeps training)."""
+    layers = [m for m in unwrap_model(model).modules() if hasattr(m, "need_attn")
+              and hasattr(m, "encoder_attn")]
+    saved = [m.need_attn for m in layers]
+    for m in layers:
+        m.need_attn = need_attn
+    try:
+        yield model
+    finally:
+        for m, v in zip(layers, saved):
+            m.need_attn = v
 
 
 def install_head_attention(model):
