@@ -394,3 +394,15 @@ def test_removal_mid_training_carries_the_ema_model(data_dir):
             # one EMA step from the sliced shadow weights: 0.9 * old + 0.1 * new
             old = _by_hand(before[k], k, v.shape, model)
             assert torch.allclose(v, 0.9 * old + 0.1 * new[k], atol=1e-6), k
+
+
+def test_slice_importance_ranks_and_is_compared_with_training_importance(tiny, tmp_path):
+    save = tmp_path / "slice"
+    run(train_cmd(tiny, save, "--prune-schedule", "D:50%", "--max-epoch", "1",
+                  "--prune-importance", "slice", "--accumulate-head-importance",
+                  "--prune-curve-importance-sentences", "32"))
+    (line,) = read(save, "head_pruning.jsonl")
+    assert line["importance_source"] == "slice" and line["heads_left"] == {"E": 8, "A": 8, "D": 4}
+    (imp,) = read(save, "head_importance.jsonl")
+    assert -1.0 <= imp["spearman_vs_slice"] <= 1.0
+    assert all(r["head"].startswith("D:") for r in line["removed"])  # the schedule names D only
