@@ -54,6 +54,20 @@ def test_gate_gradient_equals_finite_difference_per_sentence(tiny):
             assert exact.abs().max() > 1e-4
 
 
+def test_fisher_equals_squared_finite_difference_gradients(tiny):
+    """fisher = Σ_b (∂L_b/∂ξ_h)², each per-sentence gradient from finite differences of
+    that sentence's loss (independent of the backward pass)."""
+    _, model, sample = tiny
+    acc = compute_importance(model, [sample])
+    for key in [("E", 2), ("A", 1), ("D", 3)]:
+        i = acc.keys.index(key)
+        for head in (1, 2):
+            fd = per_sentence_fd(model, sample, key, head)
+            torch.testing.assert_close(acc.sums["fisher"][i, head], fd.pow(2).sum(), rtol=1e-5, atol=1e-9)
+    means = acc.result().means("fisher")["A"][0]
+    assert means[1] == pytest.approx(float(acc.sums["fisher"][acc.keys.index(("A", 1)), 1]) / sample["nsentences"])
+
+
 def test_batched_equals_brute_force_per_sentence_loop(tiny):
     """Padding in a batch changes nothing: sentence-level sums from the padded batch
     equal one-sentence-at-a-time passes."""
@@ -62,7 +76,7 @@ def test_batched_equals_brute_force_per_sentence_loop(tiny):
     ds = task.dataset("valid")
     singles = [ds.collater([ds[i]]) for i in range(sample["nsentences"])]
     acc1 = compute_importance(model, singles)
-    for g in ("sentence", "token"):
+    for g in ("sentence", "token", "fisher"):
         torch.testing.assert_close(acc.sums[g], acc1.sums[g], rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(acc.tokens, acc1.tokens)
     src_tokens = sum(int(s["net_input"]["src_tokens"].ne(1).sum()) for s in singles)

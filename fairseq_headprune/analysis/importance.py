@@ -15,6 +15,8 @@ mask: a masked head (ξ_h = 0) gets Σ_d ctx_h · ∂L/∂u_h with its unmasked 
                                              target tokens for A and D)
 * ``sentence`` Σ_b |Σ_t g[t,b,h]|          (the paper's E_x; Σ_t g = ∂L_b/∂ξ_h)
 * ``batch``    |Σ_{t,b} g[t,b,h]|          (Hugging Face's bertology; depends on batching)
+* ``fisher``   Σ_b (Σ_t g[t,b,h])²         (the empirical Fisher information of the gate,
+                                             Kwon et al. 2022; squares, not absolute values)
 
 Padding positions are excluded. Means divide by the matching count (tokens of that
 module's query side, sentences, batches). ``scores()`` then normalises each layer
@@ -32,7 +34,7 @@ from ..criterions.sentence_nll import sentence_nll
 from ..heads import KINDS, Shape
 from ..models.head_model import attention_modules, model_head_shape
 
-GRANULARITIES = ("sentence", "token", "batch")
+GRANULARITIES = ("sentence", "token", "batch", "fisher")
 
 
 @contextlib.contextmanager
@@ -93,7 +95,9 @@ class ImportanceAccumulator:
             g = g.double().masked_fill(pad.unsqueeze(-1), 0.0)
             idx = torch.tensor(kept, dtype=torch.long)
             self.sums["token"][i, idx] += g.abs().sum(dim=(0, 1)).cpu()
-            self.sums["sentence"][i, idx] += g.sum(dim=0).abs().sum(dim=0).cpu()
+            per_sentence = g.sum(dim=0)  # [B, H]: ∂L_b/∂ξ_h
+            self.sums["sentence"][i, idx] += per_sentence.abs().sum(dim=0).cpu()
+            self.sums["fisher"][i, idx] += per_sentence.pow(2).sum(dim=0).cpu()
             self.sums["batch"][i, idx] += g.sum(dim=(0, 1)).abs().cpu()
             self.tokens[i] += (~pad).sum().item()
         self.counts[0] += nsentences
@@ -145,7 +149,7 @@ class Importance:
     def _count(self, granularity: str, i: int) -> float:
         if granularity == "token":
             return float(self.tokens[i])
-        return float(self.counts[0] if granularity == "sentence" else self.counts[1])
+        return float(self.counts[1] if granularity == "batch" else self.counts[0])
 
     def _table(self, granularity: str, mean: bool) -> Dict[str, List[List[Optional[float]]]]:
         out: Dict[str, List[List[Optional[float]]]] = {}

@@ -93,7 +93,7 @@ class TranslationHeadPruneConfig(TranslationConfig):
     prune_curve_importance_sentences: Optional[int] = field(default=1000, metadata={
         "help": "estimate importance on a seeded random sample of N sentences, the "
                 "same every epoch (0 = all)"})
-    prune_curve_granularity: ChoiceEnum(["sentence", "token", "batch"]) = field(
+    prune_curve_granularity: ChoiceEnum(["sentence", "token", "batch", "fisher"]) = field(
         default="sentence", metadata={"help": "where |dL/dxi| is taken (see importance)"})
     prune_curve_no_normalize: bool = field(default=False, metadata={
         "help": "do not l2-normalise importance per layer before ranking"})
