@@ -43,6 +43,21 @@ def add_args(group):
                             "(torch.jit.save; load with torch.jit.load)")
     group.add_argument("--no-verify", action="store_true",
                        help="skip reloading NEW.pt (and OUT.pt) to check them")
+    add_repair_args(group)
+
+
+def add_repair_args(group):
+    from ..analysis.repair import REPAIRS
+    from .common import sample_size
+
+    group.add_argument("--repair", choices=REPAIRS, default="none",
+                       help="repair without gradient steps: 'bias' folds each removed head's mean "
+                            "output on the calibration sentences into out_proj's bias (default none)")
+    group.add_argument("--calibration-subset", default="train", metavar="SPLIT",
+                       help="split the calibration sentences come from (default train)")
+    group.add_argument("--calibration-sentences", type=sample_size, default=2000, metavar="N",
+                       help="a seeded random sample of N sentences (default 2000)")
+    group.add_argument("--calibration-seed", type=int, default=1, help="seed of that sample")
 
 
 def _preparse(argv):
@@ -107,6 +122,22 @@ def check_selection(args):
         raise HeadPruneError("--importance is only used with --prune-ratio")
 
 
+def repair_bias(session, args, heads) -> dict:
+    """Bias compensation of ``heads`` on the calibration sample (analysis/repair.py),
+    before they are removed; what was done, for export.json."""
+    import time
+
+    from ..analysis.repair import compensate_bias, context_means
+
+    t0 = time.time()
+    selection = session.select(session.data_spec(args.calibration_subset, args.calibration_sentences,
+                                                  seed=args.calibration_seed))
+    means = context_means(session.model, session.samples(selection), session.use_cuda)
+    changes = compensate_bias(session.model, heads, means)
+    return {"method": "bias", "calibration": selection.describe(),
+            "bias_change_norm": changes, "seconds": round(time.time() - t0, 3)}
+
+
 def stem(path):
     base = os.path.basename(path)
     return base[:-3] if base.endswith(".pt") else base
@@ -136,6 +167,9 @@ def main(argv):
     heads, how = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,
                               args.min_heads_per_layer)
     out, source = os.path.abspath(args.out), os.path.abspath(args.path)
+    repair = None
+    if args.repair == "bias":
+        repair = repair_bias(session, args, heads)
     removed, facts = export_pruned(session.model, session.task, session.saved_cfg.model,
                                    args.path, out, heads, verify=not args.no_verify)
     if args.torchscript is not None:
@@ -150,6 +184,8 @@ def main(argv):
 
     heads_path = os.path.join(args.results_dir, stem(out) + ".heads.json")
     write_json(heads_path, removed.to_json_obj(meta={"checkpoint": out, "source": source}))
+    if repair is not None:
+        facts["repair"] = repair
     report = {"out": out, "source": source, "selection": how, **facts,
               "heads_file": heads_path,
               "meta": session.meta(subcommand="export", torch=torch.__version__)}
@@ -170,6 +206,11 @@ def main(argv):
         lines.append(f"  {kind}: heads {h['before']} -> {h['after']}, attention parameters "
                      f"{a['before']:,} -> {a['after']:,} "
                      f"({100 * a['share_removed']['fraction']:.2f}% removed)")
+    if repair is not None:
+        lines.append(f"repair: removed heads' mean output folded into out_proj's bias of "
+                     f"{len(repair['bias_change_norm'])} modules, from "
+                     f"{repair['calibration']['sentences']} {args.calibration_subset} sentences "
+                     f"({repair['seconds']:.1f} s)")
     if "torchscript" in facts:
         t = facts["torchscript"]
         check = (f"max abs diff {t['verified']['max_abs_diff']:.2g} against the eager model"
