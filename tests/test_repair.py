@@ -12,7 +12,9 @@ import torch
 
 from conftest import run
 from fairseq_headprune.analysis.importance import query_padding
-from fairseq_headprune.analysis.repair import compensate_bias, context_means
+from fairseq_headprune.analysis.repair import (
+    calibration_stats, compensate_bias, context_means, rescale_heads, solve_scales,
+)
 from fairseq_headprune.heads import HeadSet
 from fairseq_headprune.models.head_model import attention_modules, remove_heads
 
@@ -60,6 +62,91 @@ def test_bias_compensation_keeps_the_mean_output(small, key, heads):
     assert (module_mean_output(plain, key, batches) - full).abs().max() > 1e-3
 
 
+def module_error(model, key, batches, full_outputs):
+    """Σ over non-padding positions of ||module output - the full module's||²."""
+    module = attention_modules(model)[key]
+    seen, err = {}, 0.0
+    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0]))
+    try:
+        with torch.no_grad():
+            for sample, full in zip(batches, full_outputs):
+                model(**sample["net_input"])
+                keep = ~query_padding(model, sample)[key[0]]
+                err += float((seen["out"].double() - full.double())[keep].pow(2).sum())
+    finally:
+        handle.remove()
+    return err
+
+
+def outputs_of(model, key, batches):
+    module = attention_modules(model)[key]
+    seen, outs = {}, []
+    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0]))
+    try:
+        with torch.no_grad():
+            for sample in batches:
+                model(**sample["net_input"])
+                outs.append(seen["out"].clone())
+    finally:
+        handle.remove()
+    return outs
+
+
+@pytest.mark.parametrize("key, heads", [(("E", 2), [2, 4]), (("A", 1), [1, 2, 3]), (("D", 3), [3])])
+def test_least_squares_reduces_the_reconstruction_error(small, key, heads):
+    _, model, batches = small
+    full = outputs_of(model, key, batches)
+    stats = calibration_stats(model, batches)
+    spec = HeadSet((key[0], key[1], h) for h in heads)
+    errors = {}
+    for repair in ("none", "bias", "lstsq"):
+        m = copy.deepcopy(model)
+        if repair == "lstsq":
+            scales = rescale_heads(m, spec, stats)
+            assert set(scales) == {f"{key[0]}:{key[1]}"} and all(0 <= x <= 2 for x in scales[f"{key[0]}:{key[1]}"])
+        if repair != "none":
+            compensate_bias(m, spec, {k: v["mean"] for k, v in stats.items()})
+        remove_heads(m, spec)
+        errors[repair] = module_error(m, key, batches, full)
+    assert errors["lstsq"] <= errors["bias"] * (1 + 1e-9) and errors["bias"] < errors["none"]
+
+
+def test_undamped_scales_minimise_the_measured_error(small):
+    """Without damping the scales are the minimum of the module's reconstruction error as
+    measured by forward passes: nudging any kept head's scale by 1% makes it worse."""
+    _, model, batches = small
+    key, spec = ("E", 2), HeadSet([("E", 2, 2), ("E", 2, 4)])
+    full = outputs_of(model, key, batches)
+    stats = calibration_stats(model, batches)
+    m = copy.deepcopy(model)
+    rescale_heads(m, spec, stats, damping=0.0, bounds=(-10, 10))
+    compensate_bias(m, spec, {k: v["mean"] for k, v in stats.items()})
+    remove_heads(m, spec)
+    best = module_error(m, key, batches, full)
+    module, d = attention_modules(m)[key], attention_modules(m)[key].head_dim
+    for pos in range(module.num_heads):
+        for factor in (0.99, 1.01):
+            cols = slice(pos * d, (pos + 1) * d)
+            with torch.no_grad():
+                module.out_proj.weight[:, cols] *= factor
+            assert module_error(m, key, batches, full) > best
+            with torch.no_grad():
+                module.out_proj.weight[:, cols] /= factor
+
+
+def test_least_squares_is_exact_when_no_head_is_removed(small):
+    _, model, batches = small
+    st = calibration_stats(model, batches)[("A", 2)]
+    m = attention_modules(model)[("A", 2)]
+    w = m.out_proj.weight.detach().double().view(-1, m.num_heads, m.head_dim)
+    scales = solve_scales(st["gram"], st["out_sum"], st["mean"].view(m.num_heads, -1), w, [0, 1, 2, 3], [])
+    torch.testing.assert_close(scales, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-9)
+    # and a model whose heads are all kept is left exactly as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert rescale_heads(model, HeadSet(), {("A", 2): st}) == {}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_context_means_count_only_real_tokens(small):
     """Padded batches give the means of one-sentence batches (no padding at all)."""
     task, model, batches = small
@@ -71,12 +158,13 @@ def test_context_means_count_only_real_tokens(small):
         torch.testing.assert_close(alone[key], batched[key], rtol=1e-5, atol=1e-7)
 
 
-def test_export_with_bias_repair_reloads_and_equals_the_repaired_model(data_dir, trained_ckpt, tmp_path):
+@pytest.mark.parametrize("repair", ["bias", "lstsq"])
+def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trained_ckpt, tmp_path, repair):
     from helpers import batch, load
 
     out = tmp_path / "rep.pt"
     run(["fairseq-headprune", "export", data_dir, "--path", trained_ckpt, "--cpu",
-         "--prune-heads", "E:1:1-2 A:2:3 D:1:4", "--repair", "bias", "--calibration-subset", "valid",
+         "--prune-heads", "E:1:1-2 A:2:3 D:1:4", "--repair", repair, "--calibration-subset", "valid",
          "--calibration-sentences", "50", "--out", str(out)])
     report = json.loads((tmp_path / "rep.export.json").read_text())
     assert report["repair"]["calibration"]["sentences"] == 50
@@ -88,7 +176,10 @@ def test_export_with_bias_repair_reloads_and_equals_the_repaired_model(data_dir,
     sel = select(task, [model], DataSpec(subset="valid", max_sentences=50, seed=1, max_tokens=12000,
                                          batching_seed=1))
     spec = HeadSet.parse("E:1:1-2 A:2:3 D:1:4", {"E": [4, 4], "A": [4, 4], "D": [4, 4]})
-    compensate_bias(model, spec, context_means(model, collate(task, "valid", sel.batches)))
+    stats = calibration_stats(model, collate(task, "valid", sel.batches), gram=repair == "lstsq")
+    if repair == "lstsq":
+        assert rescale_heads(model, spec, stats) == report["repair"]["head_scales"]
+    compensate_bias(model, spec, {k: v["mean"] for k, v in stats.items()})
     remove_heads(model, spec)
     task2, reloaded = load(str(out), data_dir)
     sample = batch(task2, "test", 6)

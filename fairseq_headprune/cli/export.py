@@ -52,7 +52,9 @@ def add_repair_args(group):
 
     group.add_argument("--repair", choices=REPAIRS, default="none",
                        help="repair without gradient steps: 'bias' folds each removed head's mean "
-                            "output on the calibration sentences into out_proj's bias (default none)")
+                            "output on the calibration sentences into out_proj's bias; 'lstsq' also "
+                            "rescales each kept head (damped, bounded least squares) so that each "
+                            "module reconstructs its full output (default none)")
     group.add_argument("--calibration-subset", default="train", metavar="SPLIT",
                        help="split the calibration sentences come from (default train)")
     group.add_argument("--calibration-sentences", type=sample_size, default=2000, metavar="N",
@@ -122,20 +124,27 @@ def check_selection(args):
         raise HeadPruneError("--importance is only used with --prune-ratio")
 
 
-def repair_bias(session, args, heads) -> dict:
-    """Bias compensation of ``heads`` on the calibration sample (analysis/repair.py),
+def repair_heads(session, args, heads) -> dict:
+    """--repair bias|lstsq of ``heads`` on the calibration sample (analysis/repair.py),
     before they are removed; what was done, for export.json."""
     import time
 
-    from ..analysis.repair import compensate_bias, context_means
+    from ..analysis.repair import calibration_stats, compensate_bias, rescale_heads
 
     t0 = time.time()
     selection = session.select(session.data_spec(args.calibration_subset, args.calibration_sentences,
                                                   seed=args.calibration_seed))
-    means = context_means(session.model, session.samples(selection), session.use_cuda)
-    changes = compensate_bias(session.model, heads, means)
-    return {"method": "bias", "calibration": selection.describe(),
-            "bias_change_norm": changes, "seconds": round(time.time() - t0, 3)}
+    stats = calibration_stats(session.model, session.samples(selection), session.use_cuda,
+                              gram=args.repair == "lstsq")
+    scales = None
+    if args.repair == "lstsq":  # from the unrepaired weights, before the bias moves
+        scales = rescale_heads(session.model, heads, stats)
+    changes = compensate_bias(session.model, heads, {k: v["mean"] for k, v in stats.items()})
+    out = {"method": args.repair, "calibration": selection.describe(),
+           "bias_change_norm": changes, "seconds": round(time.time() - t0, 3)}
+    if scales is not None:
+        out["head_scales"] = scales
+    return out
 
 
 def stem(path):
@@ -168,8 +177,8 @@ def main(argv):
                               args.min_heads_per_layer)
     out, source = os.path.abspath(args.out), os.path.abspath(args.path)
     repair = None
-    if args.repair == "bias":
-        repair = repair_bias(session, args, heads)
+    if args.repair != "none":
+        repair = repair_heads(session, args, heads)
     removed, facts = export_pruned(session.model, session.task, session.saved_cfg.model,
                                    args.path, out, heads, verify=not args.no_verify)
     if args.torchscript is not None:
@@ -207,7 +216,8 @@ def main(argv):
                      f"{a['before']:,} -> {a['after']:,} "
                      f"({100 * a['share_removed']['fraction']:.2f}% removed)")
     if repair is not None:
-        lines.append(f"repair: removed heads' mean output folded into out_proj's bias of "
+        lines.append(f"repair ({args.repair}): removed heads' mean output folded into out_proj's "
+                     f"bias{' and kept heads rescaled' if args.repair == 'lstsq' else ''} in "
                      f"{len(repair['bias_change_norm'])} modules, from "
                      f"{repair['calibration']['sentences']} {args.calibration_subset} sentences "
                      f"({repair['seconds']:.1f} s)")
