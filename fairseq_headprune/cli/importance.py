@@ -24,7 +24,8 @@ def add_importance_args(group, default_subset="train"):
                        help="seed of that sample and order (default 1)")
     group.add_argument("--importance-granularity", choices=imp.GRANULARITIES, default="sentence",
                        help="where |.| is taken: per sentence (the paper's E_x, default), per "
-                            "query token (official MT code) or per batch (bertology)")
+                            "query token (official MT code) or per batch (bertology); fisher: "
+                            "squares per sentence (empirical Fisher, Kwon et al. 2022)")
     group.add_argument("--no-importance-normalize", action="store_true",
                        help="do not divide each layer's scores by their l2 norm")
     group.add_argument("--importance-eps", type=positive_float, default=1e-12,

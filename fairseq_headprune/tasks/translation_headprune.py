@@ -94,7 +94,7 @@ class TranslationHeadPruneConfig(TranslationConfig):
         "help": "estimate importance on a seeded random sample of N sentences, the "
                 "same every epoch (0 = all)"})
     prune_curve_granularity: ChoiceEnum(["sentence", "token", "batch", "fisher"]) = field(
-        default="sentence", metadata={"help": "where |dL/dxi| is taken (see importance)"})
+        default="sentence", metadata={"help": "where |dL/dxi| is taken, or fisher (see importance)"})
     prune_curve_no_normalize: bool = field(default=False, metadata={
         "help": "do not l2-normalise importance per layer before ranking"})
     prune_curve_seed: int = field(default=1, metadata={
