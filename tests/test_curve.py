@@ -80,6 +80,7 @@ def test_min_heads_per_layer_and_orders():
     (["--kinds", "E,X"], "unknown attention kind 'X'"),
     (["--prune-step", "0"], "--prune-step 0.0 is not allowed"),
     (["--order", "ablation"], "--order ablation needs --ablation FILE"),
+    (["--order", "fisher", "--reestimate"], "cannot be combined with --order fisher"),
 ])
 def test_curve_bad_input(data_dir, trained_ckpt, tmp_path, extra, message):
     p = subprocess.run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, "--cpu",
@@ -97,3 +98,33 @@ def test_importance_file_that_does_not_fit(data_dir, trained_ckpt, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert "does not fit this model: E has [3] heads per layer there, the model has [4, 4]" in last
+
+
+def test_weight_norm_order_is_fairseqs_own_rule(data_dir, trained_ckpt):
+    """The heads fairseq's ``_get_reserve_head_index`` keeps are the highest of
+    ``weight_norm_scores`` in every module (fairseq's code as the reference)."""
+    from helpers import load
+
+    from fairseq_headprune.analysis.ranking import weight_norm_scores
+    from fairseq_headprune.models import attention_modules
+
+    _, model = load(trained_ckpt, data_dir)
+    scores = weight_norm_scores(model)
+    for (kind, layer), m in attention_modules(model).items():
+        for keep in (1, 2, 3):
+            theirs = sorted(start // m.head_dim for start, _ in m._get_reserve_head_index(keep))
+            row = scores[kind][layer - 1]
+            ours = sorted(sorted(range(len(row)), key=lambda h: -row[h])[:keep])
+            assert theirs == ours, (kind, layer, keep)
+
+
+def test_fisher_order_masks_the_lowest_fisher_scores_first(data_dir, trained_ckpt, tmp_path):
+    run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, *GEN, "--kinds", "A",
+         "--order", "fisher", "--results-dir", str(tmp_path), "--importance-subset", "valid",
+         "--importance-max-sentences", "40", "--prune-step", "0.5", "--max-eval-sentences", "8"])
+    fisher = json.loads((tmp_path / "importance.json").read_text())["means"]["fisher"]["A"]
+    by_score = sorted((v, l, h) for l, row in enumerate(fisher, 1) for h, v in enumerate(row, 1))
+    points = json.loads((tmp_path / "curve.json").read_text())["curves"]["A"]
+    half = HeadSet(("A", l, h) for _, l, h in by_score[:4])
+    assert [p["masked"] for p in points] == [0, 4, 8]
+    assert HeadSet.parse(points[1]["spec"], {"E": [4, 4], "A": [4, 4], "D": [4, 4]}) == half

@@ -150,3 +150,33 @@ def rank_agreement(a: Scores, b: Scores) -> Optional[float]:
         return None
     rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
     return None if rho != rho else float(rho)
+
+
+def weight_norm_scores(model) -> Scores:
+    """fairseq's own head-pruning rule (``MultiheadAttention._get_reserve_head_index``,
+    fairseq 0.12.3): a head scores Σ|W| + Σ|b| over its rows of q_proj, k_proj and
+    v_proj; removed heads score None."""
+    from ..models.head_model import attention_modules, model_head_shape
+
+    shape = model_head_shape(model)
+    out: Scores = {k: [[None] * n for n in shape[k]] for k in shape}
+    for (kind, layer), m in attention_modules(model).items():
+        d = m.head_dim
+        for pos, head in enumerate(m.kept_heads):
+            rows = slice(pos * d, (pos + 1) * d)
+            total = 0.0
+            for proj in (m.q_proj, m.k_proj, m.v_proj):
+                total += float(proj.weight[rows].abs().sum())
+                if proj.bias is not None:
+                    total += float(proj.bias[rows].abs().sum())
+            out[kind][layer - 1][head] = total
+    return out
+
+
+def fisher_scores(obj: dict, what: str) -> Scores:
+    """The Fisher table (``means.fisher``) of an importance file's content."""
+    fisher = (obj.get("means") or {}).get("fisher") if isinstance(obj, dict) else None
+    if not isinstance(fisher, dict):
+        raise HeadPruneError(f"{what} has no Fisher scores (means.fisher); it was written before "
+                             f"they existed: run fairseq-headprune importance again")
+    return {k: fisher[k] for k in KINDS if k in fisher}

@@ -20,7 +20,9 @@ The order must be fixed and the same in every shard: --order importance needs
 import os
 
 from ..analysis.curve import FORMAT, ablation_order, fractions, importance_order, pruning_curve
-from ..analysis.ranking import load_importance, random_order
+from ..analysis.ranking import (
+    check_fits, fisher_scores, load_importance, order_by_scores, random_order, weight_norm_scores,
+)
 from ..analysis.scoring import LOSS_UNIT
 from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSpec, parse_kinds
@@ -31,6 +33,8 @@ from .common import (add_eval_args, eval_selection, logger, nonnegative_int, ope
 from .importance import add_importance_args, estimate, scores_of, write_importance
 from .merge_shards import add_shard_args, shard_of
 
+ORDERS = ("importance", "fisher", "weight-norm", "ablation", "random")
+
 
 def add_args(group):
     group.add_argument("--kinds", default="E,A,D",
@@ -38,7 +42,10 @@ def add_args(group):
                             "percentages are of these kinds' heads")
     group.add_argument("--per-kind", action="store_true",
                        help="draw the E, A, D and all-kinds curves in one run and one plot")
-    group.add_argument("--order", choices=("importance", "ablation", "random"), default="importance")
+    group.add_argument("--order", choices=ORDERS, default="importance",
+                       help="importance (I_h, per-layer normalised), fisher (Σ (dL/dxi)², raw), "
+                            "weight-norm (fairseq's own rule: Σ|q,k,v rows|), ablation (an "
+                            "ablation file's deltas) or random (--order-seed)")
     group.add_argument("--importance", metavar="FILE", help="importance.json to rank by "
                        "(default: estimate it now with the --importance-* options)")
     group.add_argument("--ablation", metavar="FILE", help="ablation.json for --order ablation")
@@ -60,6 +67,21 @@ def ranking(session, args, kinds, exclude, scores):
     shape = model_head_shape(session.model)
     if args.order == "random":
         return random_order(shape, kinds, args.order_seed, exclude), scores
+    if args.order == "weight-norm":
+        norms = weight_norm_scores(session.model)
+        return order_by_scores(norms, kinds, exclude), scores
+    if args.order == "fisher":
+        if scores is not None:  # this run's table, from the first curve
+            return order_by_scores(scores, kinds, exclude), scores
+        if args.importance:
+            what = f"importance file {args.importance!r}"
+            fisher = fisher_scores(read_json(args.importance, "importance file"), what)
+            check_fits(fisher, shape, what, removed=removed_heads(session.model))
+        else:
+            obj = estimate(session, args)
+            write_importance(args, obj)
+            fisher = fisher_scores(obj, "the importance estimate")
+        return order_by_scores(fisher, kinds, exclude), fisher
     if args.order == "ablation":
         if not args.ablation:
             raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
@@ -93,6 +115,9 @@ def main(argv):
     steps = fractions(args.prune_step)
     if args.order == "ablation" and not args.ablation:
         raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
+    if args.reestimate and args.order != "importance":
+        raise HeadPruneError(f"--reestimate re-ranks by importance at every point; it cannot be "
+                             f"combined with --order {args.order} (allowed: --order importance)")
     kinds = parse_kinds(args.kinds)
     shard = shard_of(args)
     if shard:
@@ -161,11 +186,11 @@ def shard_steps(args, shard, steps):
             "--reestimate cannot be split with --head-shards: each point ranks the heads by "
             "importance re-estimated with the points before it masked (allowed: a fixed "
             "--order without --reestimate, or one run)")
-    if args.order == "importance" and not args.importance:
+    if args.order in ("importance", "fisher") and not args.importance:
         raise HeadPruneError(
-            "--head-shards with --order importance needs --importance FILE, so that every "
+            f"--head-shards with --order {args.order} needs --importance FILE, so that every "
             "shard ranks the heads alike (allowed: estimate it once with fairseq-headprune "
-            "importance, or --order ablation|random)")
+            "importance, or --order weight-norm|ablation|random)")
     return shard.items(steps, f"points of the curve (--prune-step {args.prune_step:g})")
 
 
