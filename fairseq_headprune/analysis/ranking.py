@@ -180,3 +180,32 @@ def fisher_scores(obj: dict, what: str) -> Scores:
         raise HeadPruneError(f"{what} has no Fisher scores (means.fisher); it was written before "
                              f"they existed: run fairseq-headprune importance again")
     return {k: fisher[k] for k in KINDS if k in fisher}
+
+
+ORDERS = ("importance", "fisher", "weight-norm", "random")
+
+
+def order_heads(model, order: str, importance: Optional[str] = None, seed: int = 1,
+                kinds: Iterable[str] = KINDS) -> List[Head]:
+    """The present heads of ``kinds``, least important first, by ``order``: an importance
+    file's (per-layer normalised) scores or its Fisher scores, fairseq's weight-norm rule
+    on the model, or a seeded random order."""
+    from ..models.head_model import model_head_shape, removed_heads
+
+    shape, removed = model_head_shape(model), removed_heads(model)
+    if order == "random":
+        return random_order(shape, kinds, seed, exclude=removed)
+    if order == "weight-norm":
+        return order_by_scores(weight_norm_scores(model), kinds, exclude=removed)
+    if order not in ("importance", "fisher"):
+        raise HeadPruneError(f"unknown order {order!r} (allowed: {', '.join(ORDERS)})")
+    if not importance:
+        raise HeadPruneError(f"--order {order} needs --importance FILE (written by fairseq-headprune "
+                             f"importance)")
+    if order == "importance":
+        scores = load_importance(importance, shape, removed=removed)
+    else:
+        what = f"importance file {importance!r}"
+        scores = fisher_scores(read_json(importance, "importance file"), what)
+        check_fits(scores, shape, what, removed=removed)
+    return order_by_scores(scores, kinds, exclude=removed)

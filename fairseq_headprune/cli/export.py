@@ -1,5 +1,7 @@
 """``fairseq-headprune export DATA --path CKPT (--prune-heads SPEC | --prune-ratio R
---importance FILE [--kinds E,A,D] [--min-heads-per-layer N]) --out NEW.pt``
+--importance FILE | --budget heads:N%|params:N% [--order ...]) [--kinds E,A,D]
+[--min-heads-per-layer N] [--repair none|bias|lstsq] --out NEW.pt``; ``fairseq-headprune
+prune`` is the same with a --budget required.
 
 Writes NEW.pt with the heads physically removed (any number per layer, zero included)
 and recorded in its config, so that ``fairseq-generate DATA --user-dir
@@ -35,9 +37,19 @@ def add_selection_args(group):
 
 
 def add_args(group):
+    from ..analysis.ranking import ORDERS
+
     group.add_argument("--out", required=True, metavar="NEW.pt",
                        help="the checkpoint to write (its folder must exist)")
     add_selection_args(group)
+    group.add_argument("--budget", default=None, metavar="UNIT:N%",
+                       help="remove heads until the budget is met: heads:N%% (that share of the "
+                            "heads of --kinds) or params:N%% (at least that share of all "
+                            "parameters), in --order")
+    group.add_argument("--order", choices=ORDERS, default="importance",
+                       help="ranking for --budget: importance or fisher (from --importance FILE), "
+                            "weight-norm (fairseq's own rule), random (--order-seed)")
+    group.add_argument("--order-seed", type=int, default=1, help="seed of --order random")
     group.add_argument("--torchscript", default=None, metavar="OUT.pt",
                        help="also write the pruned model scripted by torch.jit.script "
                             "(torch.jit.save; load with torch.jit.load)")
@@ -108,12 +120,28 @@ def check_torchscript_path(args):
 
 
 def check_selection(args):
-    """--prune-heads / --prune-ratio --importance: one rule for export and bench."""
+    """--prune-heads / --prune-ratio --importance (/ --budget, export): one rule for
+    export and bench."""
     from .common import require_heads
 
     require_heads(args.prune_heads, "--prune-heads")
+    budget = getattr(args, "budget", None)
+    if budget is not None:
+        from ..analysis.budget import parse_budget
+
+        parse_budget(budget)
+        if args.prune_heads is not None or args.prune_ratio is not None:
+            raise HeadPruneError("give exactly one of --prune-heads SPEC, --prune-ratio R and --budget")
+        if args.order in ("importance", "fisher"):
+            if not args.importance:
+                raise HeadPruneError(f"--budget with --order {args.order} needs --importance FILE "
+                                     f"(written by fairseq-headprune importance)")
+            if not os.path.isfile(args.importance):
+                raise HeadPruneError(f"importance file {args.importance!r} does not exist")
+        return
     if (args.prune_heads is not None) == (args.prune_ratio is not None):
-        raise HeadPruneError("give exactly one of --prune-heads SPEC and --prune-ratio R")
+        raise HeadPruneError("give exactly one of --prune-heads SPEC and --prune-ratio R"
+                             + (" (or --budget)" if hasattr(args, "budget") else ""))
     if args.prune_ratio is not None:
         if not args.importance:
             raise HeadPruneError("--prune-ratio needs --importance FILE "
@@ -152,7 +180,7 @@ def stem(path):
     return base[:-3] if base.endswith(".pt") else base
 
 
-def main(argv):
+def main(argv, command: str = "export"):
     import torch
 
     from ..analysis.export import export_pruned, select_heads, write_torchscript
@@ -163,7 +191,10 @@ def main(argv):
     pre = _preparse(argv)
     if pre.out and not pre.results_dir:
         argv = list(argv) + ["--results-dir", os.path.dirname(os.path.abspath(pre.out))]
-    args = parse_args("export", argv, add_args)
+    args = parse_args(command, argv, add_args)
+    if command == "prune" and not args.budget:
+        raise HeadPruneError("prune needs --budget heads:N% or params:N% (export takes "
+                             "--prune-heads or --prune-ratio)")
     check_args(args)
     kinds = parse_kinds(args.kinds)
     spec = HeadSpec.parse(args.prune_heads) if args.prune_heads else None
@@ -173,8 +204,20 @@ def main(argv):
 
     session = open_session(args)
     clean_temp_files(os.path.dirname(os.path.abspath(args.out)), os.path.basename(args.out))
-    heads, how = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,
-                              args.min_heads_per_layer)
+    if args.budget:
+        from ..analysis.budget import heads_for_budget, parse_budget
+        from ..analysis.ranking import order_heads
+
+        unit, fraction = parse_budget(args.budget)
+        order = order_heads(session.model, args.order, args.importance, args.order_seed, kinds)
+        heads, met = heads_for_budget(session.model, order, unit, fraction, kinds,
+                                      args.min_heads_per_layer)
+        how = {"budget": args.budget, "order": args.order, "importance": args.importance
+               and os.path.abspath(args.importance), "order_seed": args.order_seed,
+               "kinds": list(kinds), "min_heads_per_layer": args.min_heads_per_layer, "met": met}
+    else:
+        heads, how = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,
+                                  args.min_heads_per_layer)
     out, source = os.path.abspath(args.out), os.path.abspath(args.path)
     repair = None
     if args.repair != "none":
@@ -197,7 +240,7 @@ def main(argv):
         facts["repair"] = repair
     report = {"out": out, "source": source, "selection": how, **facts,
               "heads_file": heads_path,
-              "meta": session.meta(subcommand="export", torch=torch.__version__)}
+              "meta": session.meta(subcommand=command, torch=torch.__version__)}
     json_path = os.path.join(args.results_dir, stem(out) + ".export.json")
     write_json(json_path, report)
 

@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "ablate": ("ablate", "mask one head at a time, delta and paired bootstrap (paper Table 1)"),
     "merge-shards": ("merge_shards", "merge the results of --head-shards runs of ablate or curve"),
     "export": ("export", "write a checkpoint with heads physically removed"),
+    "prune": ("prune", "export the heads a budget (heads:N%, params:N%) removes, optionally repaired"),
     "bench": ("bench", "decoding speed of full, masked and pruned models"),
     "plot-dynamics": ("plot_dynamics", "plots of per-epoch pruning curves from training"),
     "report": ("report", "one Markdown report of a results folder"),
