@@ -41,6 +41,35 @@ def run(cmd, **kw):
     return p
 
 
+def run_gloo_workers(cmd, world: int = 2, timeout: int = 300):
+    """``cmd`` (a fairseq-train command line) on ``world`` gloo workers of this machine,
+    legacy_ddp (rank 0 broadcasts the state); fails the test with their output if one
+    fails; returns their outputs, rank 0 first."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    procs = []
+    try:
+        for rank in range(world):
+            flags = ["--distributed-world-size", str(world), "--distributed-rank", str(rank),
+                     "--distributed-no-spawn", "--distributed-backend", "gloo",
+                     "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--ddp-backend", "legacy_ddp"]
+            procs.append(subprocess.Popen([*cmd, *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if not all(p.returncode == 0 for p in procs):
+        raise AssertionError("\n".join(o[-3000:] for o in outs))
+    return outs
+
+
 def _cache_dir(tmp_path_factory, name):
     base = os.environ.get("HEADPRUNE_TEST_CACHE")
     if base:

@@ -9,13 +9,11 @@ pairs), fine-tuning the session's trained model, 1 thread per process."""
 import json
 import os
 import shutil
-import socket
-import subprocess
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY_ARCH, run
+from conftest import ROOT, TINY_ARCH, run, run_gloo_workers
 from fairseq_headprune.analysis import dynamics as dyn
 from fairseq_headprune.analysis.data import select
 from fairseq_headprune.tasks import dynamics_hooks as dyn_hooks
@@ -239,33 +237,9 @@ def test_resume_neither_repeats_nor_loses_an_epoch(two_epochs, tiny, trained_ckp
     assert [h["epoch"] for h in state["head_dynamics"]] == [1, 2]  # rebuilt from the file
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_workers_equal_one_worker(tiny, trained_ckpt, tmp_path):
     save = tmp_path / "c"
-    port = free_port()
-    procs = []
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    try:
-        for rank in (0, 1):
-            cmd = train_cmd(tiny, trained_ckpt, save, "--max-epoch", "1",
-                            "--distributed-world-size", "2", "--distributed-rank", str(rank),
-                            "--distributed-no-spawn", "--distributed-backend", "gloo",
-                            "--distributed-init-method", f"tcp://127.0.0.1:{port}",
-                            "--ddp-backend", "legacy_ddp")  # rank 0 broadcasts the state
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-        outs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    outs = run_gloo_workers(train_cmd(tiny, trained_ckpt, save, "--max-epoch", "1"))
     lines = lines_of(save)
     assert [l["epoch"] for l in lines] == [1] and lines[0]["workers"] == 2
     assert "2 worker(s)" in outs[0]

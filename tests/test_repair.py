@@ -32,19 +32,27 @@ def small(data_dir):
 
 def module_mean_output(model, key, batches):
     """Mean of module ``key``'s output over the non-padding query positions."""
+    total, count = 0, 0
+    for sample, out in zip(batches, outputs_of(model, key, batches)):
+        keep = ~query_padding(model, sample)[key[0]]
+        total = total + out.double()[keep].sum(0)
+        count += int(keep.sum())
+    return total / count
+
+
+def outputs_of(model, key, batches):
+    """Module ``key``'s output [T, B, embed] on each batch (teacher-forced)."""
     module = attention_modules(model)[key]
-    total, count, seen = 0, 0, {}
+    seen, outs = {}, []
     handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0]))
     try:
         with torch.no_grad():
             for sample in batches:
                 model(**sample["net_input"])
-                keep = ~query_padding(model, sample)[key[0]]
-                total = total + seen["out"].double()[keep].sum(0)
-                count += int(keep.sum())
+                outs.append(seen["out"].clone())
     finally:
         handle.remove()
-    return total / count
+    return outs
 
 
 @pytest.mark.parametrize("key, heads", [(("E", 1), [1, 3]), (("A", 3), [2, 3, 4]), (("D", 2), [4])])
@@ -64,32 +72,11 @@ def test_bias_compensation_keeps_the_mean_output(small, key, heads):
 
 def module_error(model, key, batches, full_outputs):
     """Σ over non-padding positions of ||module output - the full module's||²."""
-    module = attention_modules(model)[key]
-    seen, err = {}, 0.0
-    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0]))
-    try:
-        with torch.no_grad():
-            for sample, full in zip(batches, full_outputs):
-                model(**sample["net_input"])
-                keep = ~query_padding(model, sample)[key[0]]
-                err += float((seen["out"].double() - full.double())[keep].pow(2).sum())
-    finally:
-        handle.remove()
+    err = 0.0
+    for sample, out, full in zip(batches, outputs_of(model, key, batches), full_outputs):
+        keep = ~query_padding(model, sample)[key[0]]
+        err += float((out.double() - full.double())[keep].pow(2).sum())
     return err
-
-
-def outputs_of(model, key, batches):
-    module = attention_modules(model)[key]
-    seen, outs = {}, []
-    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0]))
-    try:
-        with torch.no_grad():
-            for sample in batches:
-                model(**sample["net_input"])
-                outs.append(seen["out"].clone())
-    finally:
-        handle.remove()
-    return outs
 
 
 @pytest.mark.parametrize("key, heads", [(("E", 2), [2, 4]), (("A", 1), [1, 2, 3]), (("D", 3), [3])])

@@ -7,13 +7,12 @@ schedules one line)."""
 
 import json
 import os
-import socket
 import subprocess
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY_ARCH, run
+from conftest import ROOT, TINY_ARCH, run, run_gloo_workers
 from fairseq_headprune.analysis.importance import ImportanceAccumulator, batch_gate_gradients, query_padding
 from fairseq_headprune.analysis.schedule import PruneSchedule
 from fairseq_headprune.errors import HeadPruneError
@@ -296,35 +295,11 @@ def test_resume_after_a_removal_reproduces_the_uninterrupted_run(tiny, three_epo
                 assert [x for x in ra if x is not None] == pytest.approx([x for x in rb if x is not None], rel=2e-2)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_workers_equal_one_worker(tiny, tmp_path):
     one = tmp_path / "one"
     run(train_cmd(tiny, one, *SCHEDULE, "--max-epoch", "2", "--update-freq", "2"))
     two = tmp_path / "two"
-    port = free_port()
-    procs = []
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    try:
-        for rank in (0, 1):
-            cmd = train_cmd(tiny, two, *SCHEDULE, "--max-epoch", "2",
-                            "--distributed-world-size", "2", "--distributed-rank", str(rank),
-                            "--distributed-no-spawn", "--distributed-backend", "gloo",
-                            "--distributed-init-method", f"tcp://127.0.0.1:{port}",
-                            "--ddp-backend", "legacy_ddp")
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-        outs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    run_gloo_workers(train_cmd(tiny, two, *SCHEDULE, "--max-epoch", "2"))
     a, b = read(one, "head_pruning.jsonl"), read(two, "head_pruning.jsonl")
     assert [l["removed_spec"] for l in a] == [l["removed_spec"] for l in b] and len(a) == 2
     ia, ib = read(one, "head_importance.jsonl"), read(two, "head_importance.jsonl")
