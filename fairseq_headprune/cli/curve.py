@@ -115,13 +115,13 @@ def main(argv):
     steps = fractions(args.prune_step)
     if args.order == "ablation" and not args.ablation:
         raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
-    if args.reestimate and args.order != "importance":
-        raise HeadPruneError(f"--reestimate re-ranks by importance at every point; it cannot be "
-                             f"combined with --order {args.order} (allowed: --order importance)")
     kinds = parse_kinds(args.kinds)
     shard = shard_of(args)
     if shard:
         steps = shard_steps(args, shard, steps)
+    if args.reestimate and args.order != "importance":
+        raise HeadPruneError(f"--reestimate re-ranks by importance at every point; it cannot be "
+                             f"combined with --order {args.order} (allowed: --order importance)")
     kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind else [kinds]
     names = ["".join(ks) if ks != KINDS else "all" for ks in kind_sets]
     session = open_session(args)
