@@ -17,26 +17,32 @@ logger = logging.getLogger("fairseq_headprune.dynamics")
 STATE_KEY = "head_dynamics"
 
 
-def called_from_train_iterator(max_depth: int = 8) -> bool:
+def calling_trainer(method: Optional[str] = None, max_depth: int = 8):
+    """fairseq's Trainer (or a subclass) among the callers of the running task hook,
+    within ``max_depth`` frames; with ``method``, only one calling from a method of that
+    name. None if there is none (no fairseq Trainer in this process, another driver)."""
+    trainer_module = sys.modules.get("fairseq.trainer")
+    if trainer_module is None:
+        return None
+    frame = sys._getframe(2)  # the caller of the function that asks
+    for _ in range(max_depth):
+        if frame is None:
+            break
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, trainer_module.Trainer) and (method is None or frame.f_code.co_name == method):
+            return obj
+        frame = frame.f_back
+    return None
+
+
+def called_from_train_iterator() -> bool:
     """Whether the running ``task.get_batch_iterator`` call was made by fairseq's
     ``Trainer.get_train_iterator`` (or an override of it in a Trainer subclass): the one
     place fairseq-train (and fairseq-hydra-train) builds the iterator it trains on, at
     the start, every epoch and on checkpoint loads. Validation iterators
     (``Trainer.get_valid_iterator``, even on the training split) and anything else that
     batches the training split are not it."""
-    trainer_module = sys.modules.get("fairseq.trainer")
-    if trainer_module is None:  # no fairseq Trainer in this process
-        return False
-    trainer_cls = trainer_module.Trainer
-    frame = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            break
-        if frame.f_code.co_name == "get_train_iterator" and isinstance(
-                frame.f_locals.get("self"), trainer_cls):
-            return True
-        frame = frame.f_back
-    return False
+    return calling_trainer("get_train_iterator") is not None
 
 
 def epoch_exhausted(itr) -> bool:

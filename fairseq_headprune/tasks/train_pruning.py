@@ -22,7 +22,6 @@ and ``--restore-file`` rebuilds the same smaller model.
 
 import logging
 import os
-import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -57,22 +56,6 @@ def backward_loss_scale(optimizer) -> float:
     if grad_scaler is not None:
         return float(grad_scaler.get_scale())
     return 1.0
-
-
-def calling_trainer(max_depth: int = 8):
-    """fairseq's Trainer whose method called the running task hook, or None."""
-    trainer_module = sys.modules.get("fairseq.trainer")
-    if trainer_module is None:
-        return None
-    frame = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            break
-        obj = frame.f_locals.get("self")
-        if isinstance(obj, trainer_module.Trainer):
-            return obj
-        frame = frame.f_back
-    return None
 
 
 # ---- optimizer-state surgery ----------------------------------------------------------
@@ -237,7 +220,6 @@ class TrainPruningState:
             if str(cfg.prune_importance) == "train":
                 self.accumulate = True
         self.acc: Optional[ImportanceAccumulator] = None
-        self.last_importance: Optional[dict] = None
         self.importance_path = os.path.join(cfg.prune_curve_save_dir, cfg.head_importance_file)
         self.pruning_path = os.path.join(cfg.prune_curve_save_dir, cfg.head_pruning_file)
         self.cache: dict = {}
@@ -285,7 +267,6 @@ class TrainPruningState:
             s.granularity, s.normalize, s.eps,
             meta={"source": "fairseq-train training steps (dropout on, training criterion)",
                   "epoch": epoch, "updates": updates})
-        self.last_importance = imp
         self.task.state.merge_state_dict({STATE_KEY: {"epoch": epoch, "updates": updates,
                                                       **dyn.importance_scores(imp)}})
         return imp

@@ -236,8 +236,7 @@ class TranslationHeadPruneTask(TranslationTask):
     def begin_valid_epoch(self, epoch, model):
         super().begin_valid_epoch(epoch, model)
         if self.train_pruning_enabled:
-            from .dynamics_hooks import epoch_exhausted
-            from .train_pruning import calling_trainer
+            from .dynamics_hooks import calling_trainer, epoch_exhausted
 
             dyn = self._dynamics()
             updates = dyn.num_updates()
