@@ -25,7 +25,7 @@ setup(
         "omegaconf>=2.0.6",
         "matplotlib>=3.5",
         "numpy",
-        "scipy",  # significance: pearsonr, spearmanr
+        "scipy>=1.12",  # pearsonr, spearmanr, lsq_linear, isotonic_regression
         "tqdm",
     ],
     extras_require={"test": ["pytest>=7"]},

@@ -17,7 +17,8 @@ SHAPE = {"E": [4, 4], "A": [4, 4], "D": [4, 4]}
 @pytest.mark.parametrize("text, message", [
     ("heads:150%", "150% is more than the whole model"),
     ("flops:10%", "unknown unit 'flops'"),
-    ("latency:1.3x", "latency budgets are not available in this version"),
+    ("latency:30%", "latency budgets are speed-ups"),
+    ("latency:0.8x", "a speed-up below 1x is a slow-down"),
     ("heads:50", "is not UNIT:N%"),
     ("heads:2x", "heads budgets are percentages"),
 ])
@@ -26,6 +27,7 @@ def test_bad_budgets(text, message):
         parse_budget(text)
     assert "\n" not in str(e.value)
     assert parse_budget("params:30%") == ("params", 0.3)
+    assert parse_budget("latency:1.3x") == ("latency", 1.3)
 
 
 def prune(data_dir, ckpt, out, *extra, check=True):

@@ -3,7 +3,8 @@ the heads of the chosen kinds removed, ``heads.share_count`` rounding) or
 ``params:N%`` (at least that share of all the model's parameters removed, the fewest
 heads of the ranking that reach it), in the order of a ranking (least important
 first), keeping ``min_heads_per_layer`` heads in every module. A budget that the floor
-or the model cannot meet is refused with one line saying what can be met."""
+or the model cannot meet is refused with one line saying what can be met.
+``latency:1.3x`` (a decoding speed-up) is met with a measured table (analysis/latency.py)."""
 
 import re
 from typing import Dict, List, Sequence, Tuple
@@ -12,22 +13,27 @@ from ..errors import HeadPruneError
 from ..heads import Head, HeadSet, _show, share_count
 from ..models.head_model import attention_modules, head_parameter_count, parameter_counts, removed_heads
 
-UNITS = ("heads", "params")
+UNITS = ("heads", "params", "latency")
 _BUDGET = re.compile(r"^([a-z]+):([0-9]+(?:\.[0-9]+)?)(%|x)$")
-ALLOWED = "(allowed: heads:N% or params:N%, N from 0 to 100, e.g. heads:50%)"
+ALLOWED = ("(allowed: heads:N% or params:N%, N from 0 to 100, e.g. heads:50%; or latency:Sx, "
+           "a decoding speed-up S >= 1, e.g. latency:1.3x)")
 
 
 def parse_budget(text: str) -> Tuple[str, float]:
-    """'heads:50%' -> ('heads', 0.5)."""
+    """'heads:50%' -> ('heads', 0.5); 'latency:1.3x' -> ('latency', 1.3)."""
     m = _BUDGET.match((text or "").strip().lower())
     if not m:
-        raise HeadPruneError(f"--budget {_show(text)} is not UNIT:N% {ALLOWED}")
+        raise HeadPruneError(f"--budget {_show(text)} is not UNIT:N% or latency:Sx {ALLOWED}")
     unit, value, sign = m.group(1), float(m.group(2)), m.group(3)
-    if unit == "latency":
-        raise HeadPruneError(f"--budget {_show(text)}: latency budgets are not available in this "
-                             f"version {ALLOWED}")
     if unit not in UNITS:
         raise HeadPruneError(f"--budget {_show(text)}: unknown unit {_show(m.group(1))} {ALLOWED}")
+    if unit == "latency":
+        if sign != "x":
+            raise HeadPruneError(f"--budget {_show(text)}: latency budgets are speed-ups {ALLOWED}")
+        if value < 1:
+            raise HeadPruneError(f"--budget {_show(text)}: a speed-up below 1x is a slow-down "
+                                 f"{ALLOWED}")
+        return unit, value
     if sign != "%":
         raise HeadPruneError(f"--budget {_show(text)}: {unit} budgets are percentages {ALLOWED}")
     if value > 100:

@@ -166,9 +166,9 @@ def weight_norm_scores(model) -> Scores:
             rows = slice(pos * d, (pos + 1) * d)
             total = 0.0
             for proj in (m.q_proj, m.k_proj, m.v_proj):
-                total += float(proj.weight[rows].abs().sum())
+                total += float(proj.weight.detach()[rows].abs().sum())
                 if proj.bias is not None:
-                    total += float(proj.bias[rows].abs().sum())
+                    total += float(proj.bias.detach()[rows].abs().sum())
             out[kind][layer - 1][head] = total
     return out
 

@@ -1,7 +1,8 @@
 """``fairseq-headprune export DATA --path CKPT (--prune-heads SPEC | --prune-ratio R
 --importance FILE | --budget heads:N%|params:N% [--order ...]) [--kinds E,A,D]
 [--min-heads-per-layer N] [--repair none|bias|lstsq] --out NEW.pt``; ``fairseq-headprune
-prune`` is the same with a --budget required.
+prune`` is the same with a --budget required (heads:N%, params:N% or latency:Sx, the
+last at --beam and --batch-size, analysis/latency.py).
 
 Writes NEW.pt with the heads physically removed (any number per layer, zero included)
 and recorded in its config, so that ``fairseq-generate DATA --user-dir
@@ -38,14 +39,26 @@ def add_selection_args(group):
 
 def add_args(group):
     from ..analysis.ranking import ORDERS
+    from .common import positive_int
 
     group.add_argument("--out", required=True, metavar="NEW.pt",
                        help="the checkpoint to write (its folder must exist)")
     add_selection_args(group)
     group.add_argument("--budget", default=None, metavar="UNIT:N%",
                        help="remove heads until the budget is met: heads:N%% (that share of the "
-                            "heads of --kinds) or params:N%% (at least that share of all "
-                            "parameters), in --order")
+                            "heads of --kinds), params:N%% (at least that share of all "
+                            "parameters) or latency:Sx (a decoding speed-up of S at --beam and "
+                            "--batch-size, predicted by a table measured on this machine), in "
+                            "--order")
+    group.add_argument("--latency-length", type=positive_int, default=None, metavar="L",
+                       help="latency budgets: tokens per hypothesis (default: the mean reference "
+                            "length of the timed sentences of --gen-subset)")
+    group.add_argument("--latency-repeats", type=positive_int, default=3, metavar="N",
+                       help="latency budgets: timed rounds of the table and of the check")
+    group.add_argument("--latency-table", default=None, metavar="FILE",
+                       help="latency budgets: reuse this table if it exists (same model shape, "
+                            "batch, beam, length), else measure it and save it there "
+                            "(default: measured, saved next to --out as NEW.latency.json)")
     group.add_argument("--order", choices=ORDERS, default="importance",
                        help="ranking for --budget: importance or fisher (from --importance FILE), "
                             "weight-norm (fairseq's own rule), random (--order-seed)")
@@ -129,7 +142,12 @@ def check_selection(args):
     if budget is not None:
         from ..analysis.budget import parse_budget
 
-        parse_budget(budget)
+        unit, _ = parse_budget(budget)
+        if unit != "latency" and args.latency_table is not None:
+            raise HeadPruneError(f"--latency-table is for latency budgets, not --budget {budget}")
+        if args.latency_table is not None and os.path.isdir(args.latency_table):
+            raise HeadPruneError(f"--latency-table {args.latency_table!r} is a folder "
+                                 f"(allowed: a file name)")
         if args.prune_heads is not None or args.prune_ratio is not None:
             raise HeadPruneError("give exactly one of --prune-heads SPEC, --prune-ratio R and --budget")
         if args.order in ("importance", "fisher"):
@@ -175,6 +193,42 @@ def repair_heads(session, args, heads) -> dict:
     return out
 
 
+def latency_budget(session, args, order, speedup, kinds):
+    """--budget latency:Sx: the table (read from --latency-table, or measured and saved),
+    the heads it predicts to reach S, and the speed-up measured with them removed."""
+    from ..analysis.data import load_subset
+    from ..analysis.latency import (LatencySettings, check_table, heads_for_latency,
+                                    measure_table, module_counts, verify)
+    from ..results import read_json, write_json
+
+    module_counts(session.model, kinds)  # refuse an uneven model before any timing
+    subset = session.cfg.dataset.gen_subset
+    load_subset(session.task, subset, session.saved_cfg.task)
+    settings = LatencySettings(batch_size=args.batch_size or 16, beam=args.beam,
+                               length=args.latency_length, repeats=args.latency_repeats,
+                               subset=subset)
+    path = args.latency_table or os.path.join(args.results_dir, stem(args.out) + ".latency.json")
+    gen = session.cfg.generation
+    if args.latency_table and os.path.isfile(path):
+        table = read_json(path, "latency table")
+        check_table(table, session.model, settings, kinds, path)
+        reused = True
+    else:
+        table = measure_table(session.task, session.model, gen, settings, kinds, session.use_cuda)
+        write_json(path, table)
+        reused = False
+    heads, met = heads_for_latency(session.model, order, speedup, kinds, table,
+                                   args.min_heads_per_layer)
+    check = verify(session.task, session.model, heads, gen, table, session.use_cuda)
+    met.update({"table": os.path.abspath(path), "table_reused": reused,
+                "settings": table["settings"], "measured_speedup": check["measured_speedup"],
+                "measured_full_seconds": check["full_seconds"],
+                "measured_pruned_seconds": check["pruned_seconds"],
+                "measured_over_predicted": check["measured_speedup"]["median"]
+                / met["predicted_speedup"]})
+    return heads, met
+
+
 def stem(path):
     base = os.path.basename(path)
     return base[:-3] if base.endswith(".pt") else base
@@ -210,8 +264,11 @@ def main(argv, command: str = "export"):
 
         unit, fraction = parse_budget(args.budget)
         order = order_heads(session.model, args.order, args.importance, args.order_seed, kinds)
-        heads, met = heads_for_budget(session.model, order, unit, fraction, kinds,
-                                      args.min_heads_per_layer)
+        if unit == "latency":
+            heads, met = latency_budget(session, args, order, fraction, kinds)
+        else:
+            heads, met = heads_for_budget(session.model, order, unit, fraction, kinds,
+                                          args.min_heads_per_layer)
         how = {"budget": args.budget, "order": args.order, "importance": args.importance
                and os.path.abspath(args.importance), "order_seed": args.order_seed,
                "kinds": list(kinds), "min_heads_per_layer": args.min_heads_per_layer, "met": met}
@@ -258,6 +315,13 @@ def main(argv, command: str = "export"):
         lines.append(f"  {kind}: heads {h['before']} -> {h['after']}, attention parameters "
                      f"{a['before']:,} -> {a['after']:,} "
                      f"({100 * a['share_removed']['fraction']:.2f}% removed)")
+    met = how.get("met") or {}
+    if met.get("unit") == "latency":
+        m, st = met["measured_speedup"], met["settings"]
+        lines.append(f"latency (beam {st['beam']}, batch {st['batch_size']}, {st['length']} tokens "
+                     f"per hypothesis): predicted {met['predicted_speedup']:.3f}x, measured "
+                     f"{m['median']:.3f}x (rounds {m['min']:.3f}-{m['max']:.3f}x); table "
+                     f"{met['table']}{' (reused)' if met['table_reused'] else ''}")
     if repair is not None:
         lines.append(f"repair ({args.repair}): removed heads' mean output folded into out_proj's "
                      f"bias{' and kept heads rescaled' if args.repair == 'lstsq' else ''} in "
