@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 
-from conftest import run
 from fairseq_headprune.analysis.latency import (
     TABLE_FORMAT, heads_for_latency, module_counts, predict, savings)
 from fairseq_headprune.analysis.ranking import order_heads
