@@ -81,6 +81,8 @@ def test_min_heads_per_layer_and_orders():
     (["--prune-step", "0"], "--prune-step 0.0 is not allowed"),
     (["--order", "ablation"], "--order ablation needs --ablation FILE"),
     (["--order", "fisher", "--reestimate"], "cannot be combined with --order fisher"),
+    (["--order", "weight-norm", "--order-seed", "1,2"], "several seeds are for --order random"),
+    (["--order", "random", "--order-seed", "1,1"], "'1,1' is not a seed or a comma list of distinct"),
 ])
 def test_curve_bad_input(data_dir, trained_ckpt, tmp_path, extra, message):
     p = subprocess.run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, "--cpu",
@@ -128,3 +130,25 @@ def test_fisher_order_masks_the_lowest_fisher_scores_first(data_dir, trained_ckp
     half = HeadSet(("A", l, h) for _, l, h in by_score[:4])
     assert [p["masked"] for p in points] == [0, 4, 8]
     assert HeadSet.parse(points[1]["spec"], {"E": [4, 4], "A": [4, 4], "D": [4, 4]}) == half
+
+
+def test_random_orders_of_several_seeds_make_a_band(data_dir, trained_ckpt, tmp_path):
+    from fairseq_headprune.analysis.ranking import random_order
+    from fairseq_headprune.report.redraw import seed_bands
+
+    run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, *GEN, "--kinds", "E",
+         "--order", "random", "--order-seed", "3,4,5", "--results-dir", str(tmp_path),
+         "--prune-step", "0.5", "--max-eval-sentences", "8"])
+    obj = json.loads((tmp_path / "curve.json").read_text())
+    assert list(obj["curves"]) == ["E@seed3", "E@seed4", "E@seed5"]
+    assert obj["settings"]["order_seed"] == [3, 4, 5]
+    shape = {"E": [4, 4], "A": [4, 4], "D": [4, 4]}
+    for seed in (3, 4, 5):  # each curve masks its seed's random order
+        half = HeadSet(random_order(shape, ("E",), seed)[:4])
+        assert HeadSet.parse(obj["curves"][f"E@seed{seed}"][1]["spec"], shape) == half
+    points = {n: [(100 * p["fraction"], p["bleu"]) for p in c] for n, c in obj["curves"].items()}
+    series, bands, labels = seed_bands(points)
+    mid = [points[f"E@seed{s}"][1][1] for s in (3, 4, 5)]
+    assert series["E"][1] == (50, pytest.approx(sum(mid) / 3))
+    assert bands["E"][1] == (50, min(mid), max(mid)) and "mean of 3 random orders" in labels["E"]
+    assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -49,7 +49,10 @@ def add_args(group):
     group.add_argument("--importance", metavar="FILE", help="importance.json to rank by "
                        "(default: estimate it now with the --importance-* options)")
     group.add_argument("--ablation", metavar="FILE", help="ablation.json for --order ablation")
-    group.add_argument("--order-seed", type=int, default=1, help="seed for --order random")
+    group.add_argument("--order-seed", type=seed_list, default=[1], metavar="SEEDS",
+                       help="seed(s) for --order random: one (default 1) or a comma list "
+                            "(e.g. 1,2,3,4,5), one curve per seed, drawn as their mean and a "
+                            "min-max band")
     group.add_argument("--reestimate", action="store_true",
                        help="re-estimate importance on the masked model before each step")
     group.add_argument("--min-heads-per-layer", type=nonnegative_int, default=0, metavar="N",
@@ -62,11 +65,25 @@ def add_args(group):
     add_shard_args(group, "points of the curve")
 
 
-def ranking(session, args, kinds, exclude, scores):
+def seed_list(text):
+    """'1' or '1,2,3' -> [1, 2, 3] (distinct integers)."""
+    import argparse
+
+    try:
+        seeds = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a comma list of distinct "
+                                         f"seeds (e.g. 1 or 1,2,3,4,5)")
+    return seeds
+
+
+def ranking(session, args, kinds, exclude, scores, seed=None):
     """Heads of ``kinds`` from least to most important, and the importance scores used."""
     shape = model_head_shape(session.model)
     if args.order == "random":
-        return random_order(shape, kinds, args.order_seed, exclude), scores
+        return random_order(shape, kinds, seed, exclude), scores
     if args.order == "weight-norm":
         norms = weight_norm_scores(session.model)
         return order_by_scores(norms, kinds, exclude), scores
@@ -99,7 +116,9 @@ def ranking(session, args, kinds, exclude, scores):
 
 def settings(args, session, curve_names, selection):
     return {"order": args.order, "importance": args.importance, "ablation": args.ablation,
-            "order_seed": args.order_seed, "reestimate": args.reestimate,
+            # one seed stays a number, as in files written before seed lists existed
+            "order_seed": args.order_seed[0] if len(args.order_seed) == 1 else args.order_seed,
+            "reestimate": args.reestimate,
             "min_heads_per_layer": args.min_heads_per_layer, "step": args.prune_step,
             "curves": curve_names, "path": os.path.abspath(args.path),
             "mask_heads": session.fixed_mask.to_spec(), "eval_data": selection.describe(),
@@ -122,8 +141,16 @@ def main(argv):
     if args.reestimate and args.order != "importance":
         raise HeadPruneError(f"--reestimate re-ranks by importance at every point; it cannot be "
                              f"combined with --order {args.order} (allowed: --order importance)")
+    if len(args.order_seed) > 1 and args.order != "random":
+        raise HeadPruneError(f"--order-seed {','.join(map(str, args.order_seed))}: several seeds "
+                             f"are for --order random, not --order {args.order}")
     kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind else [kinds]
     names = ["".join(ks) if ks != KINDS else "all" for ks in kind_sets]
+    seeds = args.order_seed
+    if len(seeds) > 1:  # one curve per kind set and seed: "all@seed3"
+        kind_sets = [ks for ks in kind_sets for _ in seeds]
+        names = [f"{n}@seed{s}" for n in names for s in seeds]
+    seed_of = dict(zip(names, seeds * (len(names) // len(seeds))))
     session = open_session(args)
     shape = model_head_shape(session.model)
     for ks in kind_sets:
@@ -151,7 +178,7 @@ def main(argv):
 
     scores = None
     for ks, name in zip(kind_sets, names):
-        order, scores = ranking(session, args, ks, exclude, scores)
+        order, scores = ranking(session, args, ks, exclude, scores, seed_of[name])
 
         def on_point(point, name=name):
             curves[name].append(point)

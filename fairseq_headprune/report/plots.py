@@ -66,17 +66,23 @@ def heatmap(matrix: Sequence[Sequence[Optional[float]]], path: str, title: str,
 
 def lines(series: Dict[str, Sequence[tuple]], path: str, title: str, xlabel: str,
           ylabel: str, logx: bool = False, hline: Optional[float] = None,
-          hline_label: Optional[str] = None, labels: Optional[Dict[str, str]] = None) -> str:
+          hline_label: Optional[str] = None, labels: Optional[Dict[str, str]] = None,
+          bands: Optional[Dict[str, Sequence[tuple]]] = None) -> str:
     """One line per series name; each series is a list of (x, y). ``hline``: a dashed
     reference line (e.g. the unpruned baseline), named in the legend by ``hline_label``;
-    ``labels``: legend text per series name (default: the name)."""
+    ``labels``: legend text per series name (default: the name); ``bands``: per series
+    name, (x, low, high) shaded around its line in its colour."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in series.items():
         pts = [(x, y) for x, y in points if y is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
-                    label=(labels or {}).get(name, name))
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                            label=(labels or {}).get(name, name))
+            band = (bands or {}).get(name)
+            if band:
+                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8, label=hline_label)
     if logx:

@@ -24,7 +24,7 @@ HeadPruneError naming the file.
 import contextlib
 import glob
 import os
-from typing import List
+from typing import Dict, List
 
 from ..errors import HeadPruneError
 from ..heads import KIND_NAMES, KINDS
@@ -108,8 +108,10 @@ def check_curve(obj, path: str) -> None:
 
 def curve_title(settings: dict) -> str:
     order = settings.get("order", "?")
+    seed = settings.get("order_seed", "?")
+    seeds = (f"seeds {', '.join(map(str, seed))}" if isinstance(seed, list) else f"seed {seed}")
     how = {"importance": "least important first", "ablation": "by single-head ablation",
-           "random": f"in random order (seed {settings.get('order_seed', '?')})"}.get(order, order)
+           "random": f"in random order ({seeds})"}.get(order, order)
     if settings.get("reestimate"):
         how += ", re-estimated each step"
     return f"Pruning heads {how}\nBLEU on {curve_data(settings)}"
@@ -141,13 +143,41 @@ def curve(results_dir: str) -> List[str]:
     names = [n for n in settings.get("curves") or [] if n in curves]
     names += [n for n in curves if n not in names]
     with _drawing(path, "curve file"):
-        series = {n: [(100 * (p["share_masked"] if p.get("share_masked") is not None
+        points = {n: [(100 * (p["share_masked"] if p.get("share_masked") is not None
                               else p["fraction"]), p["bleu"]) for p in curves[n]] for n in names}
+        series, bands, labels = seed_bands(points)
         base = next((p["bleu"] for n in names for p in curves[n] if p["fraction"] == 0), None)
         return [plots.lines(series, os.path.join(results_dir, "curve.png"), curve_title(settings),
                             "% of heads masked", "BLEU (tokenized)", hline=base,
                             hline_label=None if base is None else f"unpruned: {base:.2f} BLEU",
-                            labels=CURVE_LABELS)]
+                            labels=labels, bands=bands)]
+
+
+def seed_bands(points: Dict[str, list]):
+    """Curves named NAME@seedS (one per random seed) -> one series NAME: the mean at each
+    x over the seeds, and a band from their min to their max; other curves as they are.
+    Returns (series, bands, legend labels)."""
+    import statistics
+
+    groups: Dict[str, List[str]] = {}
+    for n in points:
+        groups.setdefault(n.split("@seed")[0], []).append(n)
+    series, bands, labels = {}, {}, {}
+    for base, members in groups.items():
+        label = CURVE_LABELS.get(base, base)
+        if members == [base]:
+            series[base], labels[base] = points[base], label
+            continue
+        at: Dict[float, list] = {}
+        for n in members:
+            for x, y in points[n]:
+                if y is not None:
+                    at.setdefault(x, []).append(y)
+        xs = sorted(at)
+        series[base] = [(x, statistics.fmean(at[x])) for x in xs]
+        bands[base] = [(x, min(at[x]), max(at[x])) for x in xs]
+        labels[base] = f"{label}: mean of {len(members)} random orders (band: min-max)"
+    return series, bands, labels
 
 
 # ---- ablation and cross-domain ---------------------------------------------------
