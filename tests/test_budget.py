@@ -78,3 +78,21 @@ def test_budgets_that_cannot_be_met(data_dir, trained_ckpt, tmp_path, extra, mes
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert message in p.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_heads_budget_in_ablation_order(data_dir, trained_ckpt, tmp_path):
+    """Masking a head alone lowered BLEU by 0.1 x (its number + its layer): the budget
+    removes the heads whose ablation hurt least."""
+    from fairseq_headprune.heads import HeadSet
+
+    heads = HeadSet.all_heads(SHAPE)
+    abl = tmp_path / "ablation.json"
+    abl.write_text(json.dumps({"format": "fairseq-headprune/ablation-v1", "settings": {"metric": "bleu"},
+                               "shape": SHAPE, "heads": [{"kind": k, "layer": l, "head": h,
+                                                          "delta": -0.1 * (h + l)} for k, l, h in heads]}))
+    rep = prune(data_dir, trained_ckpt, tmp_path / "a.pt", "--budget", "heads:25%", "--order",
+                "ablation", "--ablation", str(abl))
+    removed = HeadSet.parse(rep["removed_in_all"]["spec"], SHAPE)
+    # the 3 heads that hurt 0.2 first, then 3 of the 6 that hurt 0.3 (ties: kind, layer, head)
+    assert set(removed) == {(k, 1, 1) for k in "EAD"} | {("E", 1, 2), ("E", 2, 1), ("A", 1, 2)}
+    assert rep["selection"]["ablation"] == str(abl)

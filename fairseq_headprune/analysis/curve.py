@@ -112,10 +112,6 @@ def pruning_curve(
     return points
 
 
-def importance_order(scores: Scores, kinds: Sequence[str], exclude: HeadSet = HeadSet()) -> List[Head]:
-    return order_by_scores(scores, kinds, exclude)
-
-
 def ablation_order(ablation: Dict, kinds: Sequence[str], exclude: HeadSet = HeadSet(),
                    shape: Optional[Shape] = None, what: str = "--ablation file") -> List[Head]:
     """From an ablation file: the heads whose removal hurts least first. A head hurts

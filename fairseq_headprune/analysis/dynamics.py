@@ -46,7 +46,8 @@ from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSet
 from ..models.head_model import model_head_shape, removed_heads, set_head_mask
 from ..results import atomic_write
-from .curve import fractions, importance_order, pruning_curve
+from .curve import fractions, pruning_curve
+from .ranking import order_by_scores
 from .data import DataSpec, collate, select
 from .evaluate import MaskEvaluator
 from .importance import compute_importance, removed_map
@@ -133,7 +134,7 @@ def epoch_dynamics(task, model, settings: DynamicsSettings, workers: Optional[Wo
         set_head_mask(model, fixed_mask or None)
         shape = model_head_shape(model)
         exclude = removed_heads(model) | fixed_mask
-        order = importance_order(importance_scores(imp), s.kinds, exclude)
+        order = order_by_scores(importance_scores(imp), s.kinds, exclude)
         evaluate = MaskEvaluator(model, task, cache["eval"], generation_cfg(s), s.target_lang,
                                  fixed=fixed_mask, workers=workers, progress=False)
         steps = fractions(s.step, option="--prune-curve-step")

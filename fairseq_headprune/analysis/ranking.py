@@ -182,21 +182,32 @@ def fisher_scores(obj: dict, what: str) -> Scores:
     return {k: fisher[k] for k in KINDS if k in fisher}
 
 
-ORDERS = ("importance", "fisher", "weight-norm", "random")
+ORDERS = ("importance", "fisher", "weight-norm", "ablation", "random")
 
 
 def order_heads(model, order: str, importance: Optional[str] = None, seed: int = 1,
-                kinds: Iterable[str] = KINDS) -> List[Head]:
-    """The present heads of ``kinds``, least important first, by ``order``: an importance
-    file's (per-layer normalised) scores or its Fisher scores, fairseq's weight-norm rule
-    on the model, or a seeded random order."""
+                kinds: Iterable[str] = KINDS, ablation: Optional[str] = None,
+                exclude: HeadSet = HeadSet()) -> List[Head]:
+    """The present heads of ``kinds`` not in ``exclude``, least important first, by
+    ``order``: an importance file's (per-layer normalised) scores or its Fisher scores,
+    fairseq's weight-norm rule on the model, an ablation file's deltas (masking them
+    alone hurts least first), or a seeded random order."""
     from ..models.head_model import model_head_shape, removed_heads
 
     shape, removed = model_head_shape(model), removed_heads(model)
+    exclude = removed | exclude
     if order == "random":
-        return random_order(shape, kinds, seed, exclude=removed)
+        return random_order(shape, kinds, seed, exclude=exclude)
     if order == "weight-norm":
-        return order_by_scores(weight_norm_scores(model), kinds, exclude=removed)
+        return order_by_scores(weight_norm_scores(model), kinds, exclude=exclude)
+    if order == "ablation":
+        from .curve import ablation_order
+
+        if not ablation:
+            raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune "
+                                 "ablate)")
+        return ablation_order(read_json(ablation, "ablation file"), kinds, exclude, shape=shape,
+                              what=f"--ablation file {ablation!r}")
     if order not in ("importance", "fisher"):
         raise HeadPruneError(f"unknown order {order!r} (allowed: {', '.join(ORDERS)})")
     if not importance:
@@ -208,4 +219,4 @@ def order_heads(model, order: str, importance: Optional[str] = None, seed: int =
         what = f"importance file {importance!r}"
         scores = fisher_scores(read_json(importance, "importance file"), what)
         check_fits(scores, shape, what, removed=removed)
-    return order_by_scores(scores, kinds, exclude=removed)
+    return order_by_scores(scores, kinds, exclude=exclude)

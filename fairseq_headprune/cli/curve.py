@@ -19,22 +19,17 @@ The order must be fixed and the same in every shard: --order importance needs
 
 import os
 
-from ..analysis.curve import FORMAT, ablation_order, fractions, importance_order, pruning_curve
-from ..analysis.ranking import (
-    check_fits, fisher_scores, load_importance, order_by_scores, random_order, weight_norm_scores,
-)
+from ..analysis.curve import FORMAT, fractions, pruning_curve
+from ..analysis.ranking import ORDERS, fisher_scores, order_by_scores, order_heads
 from ..analysis.scoring import LOSS_UNIT
 from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSpec, parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
-from ..results import load_resumable, read_json, write_csv, write_json
+from ..results import load_resumable, write_csv, write_json
 from .common import (add_eval_args, eval_selection, logger, nonnegative_int, open_session, out_path,
                      parse_args)
 from .importance import add_importance_args, estimate, scores_of, write_importance
 from .merge_shards import add_shard_args, shard_of
-
-ORDERS = ("importance", "fisher", "weight-norm", "ablation", "random")
-
 
 def add_args(group):
     group.add_argument("--kinds", default="E,A,D",
@@ -80,38 +75,17 @@ def seed_list(text):
 
 
 def ranking(session, args, kinds, exclude, scores, seed=None):
-    """Heads of ``kinds`` from least to most important, and the importance scores used."""
-    shape = model_head_shape(session.model)
-    if args.order == "random":
-        return random_order(shape, kinds, seed, exclude), scores
-    if args.order == "weight-norm":
-        norms = weight_norm_scores(session.model)
-        return order_by_scores(norms, kinds, exclude), scores
-    if args.order == "fisher":
-        if scores is not None:  # this run's table, from the first curve
-            return order_by_scores(scores, kinds, exclude), scores
-        if args.importance:
-            what = f"importance file {args.importance!r}"
-            fisher = fisher_scores(read_json(args.importance, "importance file"), what)
-            check_fits(fisher, shape, what, removed=removed_heads(session.model))
-        else:
+    """Heads of ``kinds`` from least to most important, and the importance or Fisher
+    scores estimated by this run (kept for the next curve), if any."""
+    if args.order in ("importance", "fisher") and not args.importance:
+        if scores is None:
             obj = estimate(session, args)
             write_importance(args, obj)
-            fisher = fisher_scores(obj, "the importance estimate")
-        return order_by_scores(fisher, kinds, exclude), fisher
-    if args.order == "ablation":
-        if not args.ablation:
-            raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
-        return ablation_order(read_json(args.ablation, "ablation file"), kinds, exclude,
-                              shape=shape, what=f"--ablation file {args.ablation!r}"), scores
-    if scores is None:
-        if args.importance:
-            scores = load_importance(args.importance, shape, removed=removed_heads(session.model))
-        else:
-            obj = estimate(session, args)
-            write_importance(args, obj)
-            scores = scores_of(obj)
-    return importance_order(scores, kinds, exclude), scores
+            scores = (scores_of(obj) if args.order == "importance"
+                      else fisher_scores(obj, "the importance estimate"))
+        return order_by_scores(scores, kinds, exclude), scores
+    return order_heads(session.model, args.order, args.importance, seed, kinds, args.ablation,
+                       exclude), scores
 
 
 def settings(args, session, curve_names, selection):

@@ -61,7 +61,10 @@ def add_args(group):
                             "(default: measured, saved next to --out as NEW.latency.json)")
     group.add_argument("--order", choices=ORDERS, default="importance",
                        help="ranking for --budget: importance or fisher (from --importance FILE), "
-                            "weight-norm (fairseq's own rule), random (--order-seed)")
+                            "weight-norm (fairseq's own rule), ablation (--ablation FILE), "
+                            "random (--order-seed)")
+    group.add_argument("--ablation", default=None, metavar="FILE",
+                       help="ablation.json of fairseq-headprune ablate, for --order ablation")
     group.add_argument("--order-seed", type=int, default=1, help="seed of --order random")
     group.add_argument("--torchscript", default=None, metavar="OUT.pt",
                        help="also write the pruned model scripted by torch.jit.script "
@@ -150,6 +153,12 @@ def check_selection(args):
                                  f"(allowed: a file name)")
         if args.prune_heads is not None or args.prune_ratio is not None:
             raise HeadPruneError("give exactly one of --prune-heads SPEC, --prune-ratio R and --budget")
+        if args.order == "ablation":
+            if not args.ablation:
+                raise HeadPruneError("--budget with --order ablation needs --ablation FILE "
+                                     "(written by fairseq-headprune ablate)")
+            if not os.path.isfile(args.ablation):
+                raise HeadPruneError(f"ablation file {args.ablation!r} does not exist")
         if args.order in ("importance", "fisher"):
             if not args.importance:
                 raise HeadPruneError(f"--budget with --order {args.order} needs --importance FILE "
@@ -263,14 +272,16 @@ def main(argv, command: str = "export"):
         from ..analysis.ranking import order_heads
 
         unit, fraction = parse_budget(args.budget)
-        order = order_heads(session.model, args.order, args.importance, args.order_seed, kinds)
+        order = order_heads(session.model, args.order, args.importance, args.order_seed, kinds,
+                            args.ablation)
         if unit == "latency":
             heads, met = latency_budget(session, args, order, fraction, kinds)
         else:
             heads, met = heads_for_budget(session.model, order, unit, fraction, kinds,
                                           args.min_heads_per_layer)
         how = {"budget": args.budget, "order": args.order, "importance": args.importance
-               and os.path.abspath(args.importance), "order_seed": args.order_seed,
+               and os.path.abspath(args.importance), "ablation": args.ablation
+               and os.path.abspath(args.ablation), "order_seed": args.order_seed,
                "kinds": list(kinds), "min_heads_per_layer": args.min_heads_per_layer, "met": met}
     else:
         heads, how = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,

@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from ..results import read_json, write_text
 from .plots import _plt, _save
