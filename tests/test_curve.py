@@ -82,7 +82,7 @@ def test_min_heads_per_layer_and_orders():
     (["--order", "ablation"], "--order ablation needs --ablation FILE"),
     (["--order", "fisher", "--reestimate"], "cannot be combined with --order fisher"),
     (["--order", "weight-norm", "--order-seed", "1,2"], "several seeds are for --order random"),
-    (["--order", "random", "--order-seed", "1,1"], "'1,1' is not a seed or a comma list of distinct"),
+    (["--order", "random", "--order-seed", "1,1"], "--order-seed 1,1 is not allowed (allowed: a seed or a comma list of distinct"),
 ])
 def test_curve_bad_input(data_dir, trained_ckpt, tmp_path, extra, message):
     p = subprocess.run(["fairseq-headprune", "curve", data_dir, "--path", trained_ckpt, "--cpu",

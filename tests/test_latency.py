@@ -17,11 +17,17 @@ from fairseq_headprune.models.head_model import remove_heads
 
 
 def test_savings_are_isotonic_and_zero_at_full():
-    raw = [1.0, 1.4, 1.2, 2.0, 2.0]  # 0..4 heads kept; 1.4 > 1.2 is timing noise
+    raw = [0.5, 0.7, 0.6, 1.0, 1.0]  # time ratios at 0..4 heads kept; 0.7 > 0.6 is noise
     out = savings(raw, modules=2)
-    assert out["seconds_fitted"] == pytest.approx([1.0, 1.3, 1.3, 2.0, 2.0])
-    assert out["saving_per_module"] == pytest.approx([0.5, 0.35, 0.35, 0.0, 0.0])
-    assert savings([1.0, 2.0, 3.0], 1)["seconds_fitted"] == [1.0, 2.0, 3.0]  # ordered: unchanged
+    assert out["ratio_fitted"] == pytest.approx([0.5, 0.65, 0.65, 1.0, 1.0])
+    assert out["saving_per_module"] == pytest.approx([0.25, 0.175, 0.175, 0.0, 0.0])
+    assert savings([0.2, 0.6, 1.0], 1)["ratio_fitted"] == [0.2, 0.6, 1.0]  # ordered: unchanged
+
+
+def test_a_table_whose_savings_exceed_the_decode_is_refused():
+    t = table(per_head=0.2)  # 2 modules x 4 heads x 0.2 = 1.6 of the decode per kind
+    with pytest.raises(HeadPruneError, match="its timings are noisier than the effect"):
+        predict(t, {("E", 1): 0, ("E", 2): 0})
 
 
 def table(full=1.0, per_head=0.01, heads=4, modules=None, **settings):
@@ -29,8 +35,9 @@ def table(full=1.0, per_head=0.01, heads=4, modules=None, **settings):
     modules = modules or {"E": 2, "A": 2, "D": 2}
     kinds = {}
     for kind, n in modules.items():
-        secs = [full - n * per_head * (heads - k) for k in range(heads + 1)]
-        kinds[kind] = {"modules": n, "heads": heads, "seconds": secs, **savings(secs, n)}
+        ratios = [1 - n * per_head * (heads - k) for k in range(heads + 1)]
+        kinds[kind] = {"modules": n, "heads": heads, "seconds": [full * r for r in ratios],
+                       "time_ratio": ratios, **savings(ratios, n)}
     return {"format": TABLE_FORMAT, "full_seconds": full, "kinds": kinds,
             "settings": {"batch_size": 16, "beam": 5, "length": 20, "repeats": 3, "warmup": 1,
                          "subset": "test", **settings}}
@@ -106,8 +113,8 @@ def test_measured_table_and_its_reuse(data_dir, trained_ckpt, tmp_path):
     for kind in "EAD":
         row = t["kinds"][kind]
         assert row["modules"] == 2 and row["heads"] == 4 and len(row["seconds"]) == 5
-        assert row["seconds"][-1] == t["full_seconds"]
-        fitted = row["seconds_fitted"]
+        assert row["seconds"][-1] == t["full_seconds"] and row["time_ratio"][-1] == 1
+        fitted = row["ratio_fitted"]
         assert all(a <= b for a, b in zip(fitted, fitted[1:])) and row["saving_per_module"][-1] == 0
     met = json.loads((tmp_path / "a.export.json").read_text())["selection"]["met"]
     assert not met["table_reused"] and met["predicted_speedup"] >= 1.01

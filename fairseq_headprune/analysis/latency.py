@@ -6,17 +6,19 @@ The table: for every kind K and every count k below the model's H_K heads, the m
 with each K module cut to k heads (which heads does not change the work) decodes the
 same sentences as the full model (fairseq's beam search, every hypothesis exactly L
 tokens, so every variant takes the same steps), the variants taking turns in every
-timed round (``speed.time_interleaved``). One K module at k heads then saves
-``saving_K(k) = (t_full - t_K(k)) / modules of K``: the whole decode as fairseq runs
-it, key/value cache appends and beam reorders included, shared out over the modules
-(the medians t_K(k) first made non-decreasing in k: fewer heads cannot cost more).
-A choice of heads is predicted to take ``t_full - Σ_modules saving_K(k_m)`` (modules run
-one after another, so their savings add up); the predicted speed-up is t_full over
+timed round (``speed.time_interleaved``). With r_K(k) the median over rounds of
+t_K(k) / t_full in the same round (so that drift between rounds cancels), made
+non-decreasing in k (fewer heads cannot cost more), one K module at k heads saves
+``(1 - r_K(k)) / modules of K`` of the full decode: the whole decode as fairseq runs it,
+key/value cache appends and beam reorders included, shared out over the modules. A
+choice of heads is predicted to take ``t_full (1 - Σ_modules saving_K(k_m))`` (modules
+run one after another, so their savings add up); the predicted speed-up is t_full over
 that. ``verify`` times the chosen model against the full one the same way, so the
 prediction and the measurement are reported side by side.
 """
 
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -127,13 +129,17 @@ def measure_table(task, model, gen_cfg, settings: LatencySettings, kinds: Sequen
                 f"{length} tokens each")
     t0 = time.time()
     times = speed.time_interleaved(fns, settings.warmup, settings.repeats, sync)
-    full = speed.summarize(times[("full", None)])["median"]
+    full_times = times[("full", None)]
+    full = speed.summarize(full_times)["median"]
     n_modules = {kind: sum(1 for kd, _ in attention_modules(model) if kd == kind) for kind in counts}
     table = {}
     for kind, h in counts.items():
-        secs = [speed.summarize(times[(kind, k)])["median"] for k in range(h)] + [full]
-        table[kind] = {"modules": n_modules[kind], "heads": h, "seconds": secs,
-                       **savings(secs, n_modules[kind])}
+        # time over the full model's time in the same round: drift cancels
+        ratios = [statistics.median(t / f for t, f in zip(times[(kind, k)], full_times))
+                  for k in range(h)] + [1.0]
+        table[kind] = {"modules": n_modules[kind], "heads": h,
+                       "seconds": [speed.summarize(times[(kind, k)])["median"] for k in range(h)]
+                       + [full], "time_ratio": ratios, **savings(ratios, n_modules[kind])}
     return {"format": TABLE_FORMAT, "settings": asdict(settings),
             "sentences": sum(b["nsentences"] for b in batches),
             "source_tokens": int(sum(b["net_input"]["src_lengths"].sum() for b in batches)),
@@ -144,26 +150,35 @@ def measure_table(task, model, gen_cfg, settings: LatencySettings, kinds: Sequen
             "dtype": str(next(model.parameters()).dtype)}
 
 
-def savings(seconds: Sequence[float], modules: int) -> dict:
-    """Per-module savings at 0..H heads kept from the medians ``seconds`` (the last: all
-    H). Fewer heads cannot take longer, so the medians are first made non-decreasing in
-    heads kept by isotonic regression (scipy), which pools neighbours that timing noise
-    put out of order; the saving at H is 0."""
+def savings(ratios: Sequence[float], modules: int) -> dict:
+    """Per-module savings, as shares of the full model's time, at 0..H heads kept, from
+    the time ratios to the full model (the last: all H, 1). Fewer heads cannot take
+    longer, so the ratios are first made non-decreasing in heads kept by isotonic
+    regression (scipy), which pools neighbours that timing noise put out of order; the
+    saving at H is 0."""
     from scipy.optimize import isotonic_regression
 
-    fitted = [float(x) for x in isotonic_regression(list(seconds), increasing=True).x]
-    return {"seconds_fitted": fitted,
+    fitted = [float(x) for x in isotonic_regression(list(ratios), increasing=True).x]
+    return {"ratio_fitted": fitted,
             "saving_per_module": [(fitted[-1] - f) / modules for f in fitted]}
 
 
 def predict(table: dict, left: Dict[Tuple[str, int], int]) -> float:
     """Predicted seconds of a model whose modules keep ``left[(kind, layer)]`` heads
-    (modules of kinds not in the table are taken as full)."""
-    t = table["full_seconds"]
+    (modules of kinds not in the table are taken as full); refuses a table whose
+    savings add up to the whole decode (timing noise larger than the effect)."""
+    share = 1.0
     for (kind, _), k in left.items():
         if kind in table["kinds"]:
-            t -= table["kinds"][kind]["saving_per_module"][k]
-    return t
+            share -= table["kinds"][kind]["saving_per_module"][k]
+    if share <= 0:
+        s = table["settings"]
+        raise HeadPruneError(
+            f"the latency table (beam {s['beam']}, batch {s['batch_size']}, {s['length']} tokens) "
+            f"predicts that removing these heads saves {100 * (1 - share):.0f}% of the decode: "
+            f"its timings are noisier than the effect (allowed: a table measured with more "
+            f"--latency-repeats or a longer --latency-length, on a quiet machine)")
+    return table["full_seconds"] * share
 
 
 def heads_for_latency(model, order: Sequence[Head], speedup: float, kinds: Sequence[str],

@@ -56,6 +56,18 @@ sample_size = _number(int, lambda v: v >= 1, "a whole number >= 1; leave the opt
 _masks_per_batch = _number(int, lambda v: 1 <= v <= 64, "auto or a whole number from 1 to 64")
 
 
+def seed_list(text):
+    """'1' or '1,2,3' -> [1, 2, 3] (distinct integers)."""
+    try:
+        seeds = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed (allowed: a seed or a comma "
+                                         f"list of distinct seeds, e.g. 1 or 1,2,3,4,5)")
+    return seeds
+
+
 def masks_per_batch(text):
     return None if str(text) == "auto" else _masks_per_batch(text)
 

@@ -27,7 +27,7 @@ from ..heads import KINDS, HeadSpec, parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
 from ..results import load_resumable, write_csv, write_json
 from .common import (add_eval_args, eval_selection, logger, nonnegative_int, open_session, out_path,
-                     parse_args)
+                     parse_args, seed_list)
 from .importance import add_importance_args, estimate, scores_of, write_importance
 from .merge_shards import add_shard_args, shard_of
 
@@ -58,20 +58,6 @@ def add_args(group):
     add_eval_args(group)
     add_importance_args(group)
     add_shard_args(group, "points of the curve")
-
-
-def seed_list(text):
-    """'1' or '1,2,3' -> [1, 2, 3] (distinct integers)."""
-    import argparse
-
-    try:
-        seeds = [int(x) for x in str(text).split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a comma list of distinct "
-                                         f"seeds (e.g. 1 or 1,2,3,4,5)")
-    return seeds
 
 
 def ranking(session, args, kinds, exclude, scores, seed=None):

@@ -23,6 +23,10 @@ PAPER = {
                     "mismatched: 0.68).",
     "bench": "BERT, 50% of heads removed: +17.5% examples/s at batch 16 and 64, +1.9% at "
              "batch 1, +2.7% at batch 4 (GTX 1080Ti).",
+    "budgets": "the paper prunes by importance with no repair. Kwon et al. 2022 (BERT-base and "
+               "DistilBERT on GLUE/SQuAD; Fisher scores, latency lookup table, least-squares mask "
+               "tuning, no retraining): up to 2.0x fewer FLOPs and 1.56x lower latency at < 1% "
+               "accuracy loss.",
     "dynamics": "IWSLT de-en: epochs 1-2 BLEU falls linearly with the share pruned; from "
                 "~epoch 10, 40% of heads can go keeping 85-90% of BLEU.",
 }
@@ -37,6 +41,10 @@ def _checker(name: str):
         from .bench import check_bench
 
         return check_bench
+    if name == "budgets.json":
+        from .budgets import check_budgets
+
+        return check_budgets
     return {"importance.json": redraw.check_importance, "curve.json": redraw.check_curve,
             "ablation.json": redraw.check_ablation}.get(
         name, redraw.check_cross_domain if name.startswith("cross_domain") else None)
@@ -225,6 +233,8 @@ SECTIONS = [
     _section_cross_domain,
     _section_export,
     _section_bench,
+    lambda d: _section_md(d, "budgets.json", "budgets.md", "Budgets without retraining", "budgets",
+                          images=["budgets.png"]),
     _section_dynamics,
 ]
 

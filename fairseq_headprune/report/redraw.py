@@ -14,6 +14,7 @@ function            results file(s)               plots
 ``dynamics``        dynamics.json and/or          dynamics_by_epoch.png, dynamics_by_level.png
                     head_dynamics.jsonl           (+ dynamics.csv)
 ``bench``           bench.json (report/bench.py)  bench.png
+``budgets``         budgets.json                  budgets.png (+ budgets.csv, budgets.md)
 ``redraw_all``      all of the above
 ==================  ============================  ==========================================
 
@@ -241,7 +242,15 @@ def bench(results_dir: str) -> List[str]:
     return list(_bench.redraw(results_dir))
 
 
-KINDS_OF_RESULTS = (importance, curve, ablation, dynamics, bench)
+def budgets(results_dir: str) -> List[str]:
+    """budgets.png (and budgets.csv, budgets.md) from budgets.json (report/budgets.py)."""
+    from . import budgets as _budgets
+
+    with _drawing(os.path.join(results_dir, _budgets.FILE), "budgets file"):
+        return _budgets.redraw(results_dir)
+
+
+KINDS_OF_RESULTS = (importance, curve, ablation, dynamics, bench, budgets)
 
 
 def redraw_all(results_dir: str) -> List[str]:
