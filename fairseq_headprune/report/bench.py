@@ -22,25 +22,77 @@ def estimate_of(r):
     return r["bound"], OLD_ESTIMATE_LABEL
 
 
-def plot(rows, path):
-    """Median speed-up over full against batch size, per part/beam and variant, with
-    the cost-model estimate of the removed variant."""
-    from .plots import lines
+def _part(r) -> str:
+    return "encoder" if r["part"] == "encoder" else f"decoding, beam {r['beam']}"
 
-    series = {}
-    for r in rows:
-        if r["variant"] == "full":
+
+def _part_rank(part: str):
+    return (0, 0) if part == "encoder" else (1, int(part.rsplit(" ", 1)[1]))
+
+
+def plot(rows, path, heads: str = ""):
+    """One panel per part (encoder, decoding at each beam): median speed-up over the
+    full model against batch size, per variant, with the cost-model estimate of the
+    removed variant dashed and the full model's 1x marked."""
+    from .plots import _plt, _save
+
+    parts = sorted(dict.fromkeys(_part(r) for r in rows), key=_part_rank)
+    plt = _plt()
+    fig, axes = plt.subplots(1, max(1, len(parts)), figsize=(4 * max(1, len(parts)), 3.6),
+                             sharey=True, squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        series = {}
+        for r in rows:
+            if _part(r) != part or r["variant"] == "full":
+                continue
+            series.setdefault((r["variant"], "-"), []).append((r["batch_size"], r["speedup"]["median"]))
+            if r["variant"] == "removed":
+                value, name = estimate_of(r)
+                series.setdefault((name, "--"), []).append((r["batch_size"], value))
+        for (name, style), pts in series.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3,
+                    label={"removed": "heads removed", "masked": "heads masked"}.get(name, name),
+                    **({"color": "grey"} if style == "--" else {}))
+        ax.axhline(1.0, color="black", linewidth=0.6, label="full model (1x)")
+        ax.set_xscale("log")
+        xs = sorted({r["batch_size"] for r in rows})
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_title(part)
+        ax.set_xlabel("batch size (sentences)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("speed-up over the full model (x)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Speed-up of the pruned model" + (f" ({heads})" if heads else ""))
+    return _save(fig, path)
+
+
+def short_table(obj) -> str:
+    """Markdown: one row per part and batch size, the removed variant's speed-up,
+    the cost-model estimate, and tokens/s full -> removed (masked where timed)."""
+    by = {}
+    for r in obj["rows"]:
+        by.setdefault((_part(r), r["batch_size"]), {})[r["variant"]] = r
+    masked = any("masked" in v for v in by.values())
+    lines = ["| part | batch | speed-up (heads removed) | cost-model estimate | tokens/s, full -> removed |"
+             + (" speed-up (heads masked) |" if masked else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if masked else "")]
+    for (part, bs), v in sorted(by.items(), key=lambda kv: (_part_rank(kv[0][0]), kv[0][1])):
+        if "removed" not in v:
             continue
-        label = "encoder" if r["part"] == "encoder" else f"decode beam {r['beam']}"
-        series.setdefault(f"{label}: {r['variant']}", []).append(
-            (r["batch_size"], r["speedup"]["median"]))
-        if r["variant"] == "removed":
-            value, name = estimate_of(r)
-            series.setdefault(f"{label}: {name}", []).append((r["batch_size"], value))
-    for pts in series.values():
-        pts.sort()
-    return lines(series, path, "speed-up over the full model", "batch size (sentences)",
-                 "speed-up (x)", logx=True, hline=1.0)
+        rm, full = v["removed"], v["full"]
+        cells = [part, str(bs), f"{rm['speedup']['median']:.2f}x", f"{estimate_of(rm)[0]:.2f}x",
+                 f"{full['tokens_per_s']:,.0f} -> {rm['tokens_per_s']:,.0f}"]
+        if masked:
+            cells.append(f"{v['masked']['speedup']['median']:.2f}x" if "masked" in v else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def heads_label(obj) -> str:
+    h = obj.get("heads") or {}
+    return f"{h['count']} of {h['present_before']} heads removed" if "count" in h else ""
 
 
 def _is_bench(obj) -> bool:
@@ -75,7 +127,7 @@ def redraw(results_dir: str) -> List[str]:
         if os.path.basename(path) != "bench.json" and not _is_bench(obj):
             continue
         check_bench(obj, path)
-        out.append(plot(obj["rows"], path[:-len(".json")] + ".png"))
+        out.append(plot(obj["rows"], path[:-len(".json")] + ".png", heads_label(obj)))
     return out
 
 

@@ -5,7 +5,6 @@ commands and versions that produced them, and the paper's figures beside ours.""
 
 import csv
 import glob
-import json
 import os
 from typing import List, Optional
 
@@ -207,9 +206,17 @@ def _section_bench(d):
     if not os.path.exists(path):
         return None
     obj = _read_json(os.path.join(d, "bench.json"))
-    text = [csv_table(path), _img(d, "bench.png"), f"*Paper:* {PAPER['bench']}"]
-    if obj and obj.get("goals"):
-        text.insert(0, "Goals: " + json.dumps(obj["goals"]))
+    if obj is None:
+        return "Speed", [csv_table(path), _img(d, "bench.png"), f"*Paper:* {PAPER['bench']}"], None
+    from .bench import heads_label, short_table
+
+    s = obj.get("settings") or {}
+    text = [f"{heads_label(obj).capitalize()}; median of {s.get('repeats', '?')} timed rounds "
+            f"on {s.get('device', '?')} ({s.get('threads', '?')} threads), "
+            f"{s.get('bench_sentences', '?')} sentences of {s.get('subset', '?')}"
+            + (f", {s['fixed_length']} tokens per hypothesis" if s.get("fixed_length") else "")
+            + ". Every measurement, with quartiles and the work counted: `bench.csv`.",
+            short_table(obj), _img(d, "bench.png"), f"*Paper:* {PAPER['bench']}"]
     return "Speed", text, obj
 
 
