@@ -107,6 +107,16 @@ def test_bench_writes_consistent_results(data_dir, trained_ckpt, tmp_path):
                                  "encoder_largest_batch", "removed_measured_over_estimate"}
     assert "meas/est" in p.stdout and "measured/estimate" in p.stdout
     assert "bound" not in p.stdout.lower()
+    # the report: a short table, one row per part and batch, numbers from bench.json
+    subprocess.run(["fairseq-headprune", "report", str(out)], check=True, capture_output=True)
+    md = (out / "report.md").read_text()
+    assert "Goals" not in md and "9 of 24 heads removed" in md
+    rm = {(r["part"], r["beam"], r["batch_size"]): r for r in rows if r["variant"] == "removed"}
+    r = rm[("decode", 2, 4)]
+    assert (f"| decoding, beam 2 | 4 | {r['speedup']['median']:.2f}x | {r['estimate']:.2f}x |"
+            in md)
+    assert sum(line.startswith("| encoder |") or line.startswith("| decoding") for line in
+               md.splitlines()) == 6
 
 
 @pytest.mark.parametrize("extra,message", [
