@@ -82,14 +82,27 @@ def _cache_dir(tmp_path_factory, name):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """fairseq-binarized Multi30k de-en: 6000 training pairs, 120-pair valid/test sets,
-    test3 = IWSLT14 test (out of domain)."""
+    test3 = IWSLT14 test (out of domain). Without ../shared/data, Multi30k is downloaded
+    as the demo does, and test3 is the mscoco test set (test2, the other domain); the
+    tests that need the data skip, saying why, only where that download fails."""
     out = os.path.join(_cache_dir(tmp_path_factory, "data"), "m30k")
     if not os.path.isdir(os.path.join(out, "bin")):
-        if not os.path.isdir(os.path.join(SHARED, "multi30k")):
-            pytest.skip(f"shared data not found at {SHARED}")
-        run(["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", out,
-             "--max-train", "6000", "--max-test", "120", "--bpe-merges", "2000",
-             "--ood", os.path.join(SHARED, "iwslt14-test")])
+        cmd = ["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", out,
+               "--max-train", "6000", "--max-test", "120", "--bpe-merges", "2000"]
+        if os.path.isdir(os.path.join(SHARED, "multi30k")):
+            run(cmd + ["--local", os.path.join(SHARED, "multi30k"),
+                       "--ood", os.path.join(SHARED, "iwslt14-test")])
+        else:
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if p.returncode != 0:
+                last = (p.stderr.strip().splitlines() or ["?"])[-1]
+                pytest.skip(f"no shared data at {SHARED} and Multi30k could not be downloaded "
+                            f"({last})")
+            bin_dir = os.path.join(out, "bin")
+            for name in os.listdir(bin_dir):
+                if name.startswith("test2."):
+                    shutil.copy(os.path.join(bin_dir, name),
+                                os.path.join(bin_dir, "test3." + name[len("test2."):]))
     return os.path.join(out, "bin")
 
 
