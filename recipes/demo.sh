@@ -8,23 +8,29 @@
 set -euo pipefail
 usage() {
   cat <<EOF
-usage: $(basename "$0") [--quick|--tiny] [--out DIR] [--data DIR]
+usage: $(basename "$0") [--quick|--tiny] [--out DIR] [--data DIR] [--model CKPT --bin DIR]
   --quick        ~5 minutes: less data, a shorter training, coarser curves
   --tiny         a smoke test of every stage (CI), well under a minute of work
   --out DIR      work folder (default: runs/demo or runs/demo-quick)
   --data DIR     Multi30k raw folder (default: ../shared/data/multi30k, else download)
+  --model CKPT   analyse this trained translation checkpoint instead of training one
+                 (skips data preparation and training; needs --bin)
+  --bin DIR      with --model: its fairseq-binarized data (dictionaries, a test split;
+                 importance on its train split, else valid)
 Default: 29k training pairs, 1000 updates (~10 minutes of training on 2 cores).
 EOF
 }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-QUICK=0 TINY=0 OUT="" DATA_RAW=""
+QUICK=0 TINY=0 OUT="" DATA_RAW="" MODEL="" BIN=""
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
     --tiny) TINY=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --data) DATA_RAW=$2; shift 2 ;;
+    --model) MODEL=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; echo "demo.sh: error: unknown option '$1'" >&2; exit 2 ;;
   esac
@@ -32,10 +38,19 @@ done
 step() { echo; echo "=== [demo] $*"; }
 fail() { echo "demo.sh: error: $*" >&2; exit 1; }
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
+if [ -n "$MODEL" ]; then
+  [ -f "$MODEL" ] || fail "--model $MODEL does not exist (allowed: a fairseq checkpoint file)"
+  [ -n "$BIN" ] || fail "--model needs --bin DIR, the binarized data the checkpoint was trained on"
+  ls "$BIN"/dict.*.txt >/dev/null 2>&1 || fail "--bin $BIN has no fairseq dictionaries (dict.*.txt)"
+  ls "$BIN"/test.*.idx >/dev/null 2>&1 || fail "--bin $BIN has no test split (test.*.idx)"
+elif [ -n "$BIN" ]; then
+  fail "--bin is for --model (the demo prepares its own data otherwise)"
+fi
 
 # ABLATE: the heads to ablate one at a time; EVAL: sentences each ablation decodes.
 # The speed run decodes a fixed number of tokens per sentence, so that the full, masked
 # and pruned models (which translate differently) do the same number of steps.
+if [ -n "$MODEL" ] && [ -z "$OUT" ]; then OUT=runs/demo-model; fi
 if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   OUT=${OUT:-runs/demo-tiny}; MAX_TRAIN=500; MERGES=500; MAX_TEST=30
   UPDATES=30; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
@@ -49,22 +64,37 @@ else
   UPDATES=1000; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
   BENCH=(--batch-sizes 1,4,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
 fi
+if [ -n "$MODEL" ]; then  # a user's model: every A head ablated
+  ABLATE="A:*:*"
+fi
 mkdir -p "$OUT"
 DATA="$OUT/data"; CKPT_DIR="$OUT/checkpoints"; RES="$OUT/results"
-CKPT="$CKPT_DIR/checkpoint_last.pt"
+CKPT="$CKPT_DIR/checkpoint_last.pt"; DATA_BIN="$DATA/bin"; IMP_SUBSET=train
+# the stage-3 spec: heads of the demo's own 6+6-layer, 8-head model, or of any model
+SPEC="E:1:1-4 A:6:5-8 D:2:*"
+if [ -n "$MODEL" ]; then
+  CKPT=$MODEL; DATA_BIN=$BIN; SPEC="E:1:1 A:1:1 D:1:1"
+  ls "$BIN"/train.*.idx >/dev/null 2>&1 || IMP_SUBSET=valid
+fi
 USER_DIR="$root/fairseq_headprune"
 GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000)
 # a model trained for seconds babbles up to the length limit: bound it in --tiny mode
 [ "$TINY" = 1 ] && GEN+=(--max-len-a 0 --max-len-b 12)
 T0=$(date +%s)
 
+if [ -n "$MODEL" ]; then
+step "1-2/9 given: $MODEL on $BIN (no data preparation, no training)"
+else
 step "1/9 data: Multi30k de->en, Moses tokenization, BPE ($MERGES merges), fairseq-preprocess"
 prep=(--out "$DATA" --max-train "$MAX_TRAIN" --max-test "$MAX_TEST" --bpe-merges "$MERGES" --workers 2)
 [ -n "$DATA_RAW" ] && prep+=(--local "$DATA_RAW")
 bash "$root/data-prep/prepare-multi30k.sh" "${prep[@]}"
 
 step "2/9 fairseq-train: 6+6 layers, 8 heads, d=$DIM, $UPDATES updates (task translation_headprune)"
-if [ ! -f "$CKPT" ] || ! grep -q "done training" "$CKPT_DIR/train.log" 2>/dev/null; then
+fi
+if [ -n "$MODEL" ]; then
+  :
+elif [ ! -f "$CKPT" ] || ! grep -q "done training" "$CKPT_DIR/train.log" 2>/dev/null; then
   mkdir -p "$CKPT_DIR"
   fairseq-train "$DATA/bin" --user-dir "$USER_DIR" --task translation_headprune \
     --arch transformer_iwslt_de_en --encoder-layers 6 --decoder-layers 6 \
@@ -84,7 +114,6 @@ else
 fi
 
 step "3/9 fairseq-generate: full model, --mask-heads, --prune-heads (same spec: same hypotheses)"
-SPEC="E:1:1-4 A:6:5-8 D:2:*"
 mkdir -p "$RES"
 for mode in full mask prune; do
   out="$RES/generate.$mode.txt"
@@ -92,7 +121,7 @@ for mode in full mask prune; do
   extra=()
   [ "$mode" = mask ] && extra=(--mask-heads "$SPEC")
   [ "$mode" = prune ] && extra=(--prune-heads "$SPEC")
-  fairseq-generate "$DATA/bin" --path "$CKPT" --user-dir "$USER_DIR" --task translation_headprune \
+  fairseq-generate "$DATA_BIN" --path "$CKPT" --user-dir "$USER_DIR" --task translation_headprune \
     "${GEN[@]}" "${extra[@]}" 2>/dev/null > "$out.tmp" && mv "$out.tmp" "$out"
 done
 for mode in full mask prune; do
@@ -105,28 +134,28 @@ else
 fi
 
 HP=(fairseq-headprune)
-step "4/9 importance on 2000 training sentences"
-[ -f "$RES/importance.json" ] || "${HP[@]}" importance "$DATA/bin" --path "$CKPT" "${GEN[@]}" \
-  --results-dir "$RES" --importance-subset train --importance-max-sentences 2000
+step "4/9 importance on 2000 $IMP_SUBSET sentences"
+[ -f "$RES/importance.json" ] || "${HP[@]}" importance "$DATA_BIN" --path "$CKPT" "${GEN[@]}" \
+  --results-dir "$RES" --importance-subset "$IMP_SUBSET" --importance-max-sentences 2000
 
 step "5/9 pruning curves: E, A, D and all kinds (importance order)"
-"${HP[@]}" curve "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
+"${HP[@]}" curve "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
   --importance "$RES/importance.json" --per-kind --prune-step "$STEP"
 
 step "6/9 keep only the best head per layer, $KINDS_1H (paper Table 2)"
-"${HP[@]}" one-head "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
+"${HP[@]}" one-head "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
   --kinds "$KINDS_1H" --max-eval-sentences "$EVAL"
 
 step "7/9 single-head ablation of $ABLATE with paired bootstrap (paper Table 1)"
-"${HP[@]}" ablate "$DATA/bin" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --heads "$ABLATE" \
+"${HP[@]}" ablate "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --heads "$ABLATE" \
   --max-eval-sentences "$EVAL"
 
 step "8/9 export: remove 50% of the heads by importance; speed of full, masked, removed"
-[ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$DATA/bin" --path "$CKPT" --cpu \
+[ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$DATA_BIN" --path "$CKPT" --cpu \
   --results-dir "$RES" --prune-ratio 0.5 --importance "$RES/importance.json" --out "$RES/pruned50.pt"
-fairseq-generate "$DATA/bin" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
+fairseq-generate "$DATA_BIN" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
   --task translation_headprune "${GEN[@]}" 2>/dev/null | tail -n 1 | sed 's/^/pruned50.pt: /'
-[ -f "$RES/bench.json" ] || "${HP[@]}" bench "$DATA/bin" --path "$CKPT" --cpu --results-dir "$RES" \
+[ -f "$RES/bench.json" ] || "${HP[@]}" bench "$DATA_BIN" --path "$CKPT" --cpu --results-dir "$RES" \
   --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
 
 step "9/9 report"

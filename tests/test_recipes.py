@@ -33,6 +33,34 @@ def test_demo_tiny(tmp_path):
     assert "skip (done)" in again.stdout + again.stderr
 
 
+def test_demo_on_a_given_model(data_dir, trained_ckpt, tmp_path):
+    """--model CKPT --bin DIR: no data preparation, no training; the chain on that model
+    (2+2 layers, 4 heads: its own spec), the full model's BLEU that of fairseq-generate."""
+    out = tmp_path / "given"
+    p = recipe("demo.sh", "--tiny", "--model", trained_ckpt, "--bin", data_dir, "--out", out)
+    assert "given:" in p.stdout and "fairseq-train" not in p.stdout
+    assert not (out / "data").exists() and not (out / "checkpoints").exists()
+    res = out / "results"
+    full = (res / "generate.full.txt").read_text().strip().splitlines()[-1]
+    curve = json.loads((res / "curve.json").read_text())
+    assert f"BLEU4 = {curve['curves']['all'][0]['bleu']:.2f}" in full
+    abl = json.loads((res / "ablation.json").read_text())
+    assert len(abl["heads"]) == 8  # every A head of the given model
+    assert "## Speed" in (res / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent.pt", "--bin", "x"], "--model /nonexistent.pt does not exist"),
+    (["--bin", "x"], "--bin is for --model"),
+])
+def test_demo_refuses_bad_model_options(tmp_path, args, message):
+    import subprocess
+
+    p = subprocess.run(["bash", os.path.join(ROOT, "recipes", "demo.sh"), "--tiny", "--out",
+                        str(tmp_path / "d"), *args], capture_output=True, text=True)
+    assert p.returncode != 0 and message in p.stderr.strip().splitlines()[-1]
+
+
 def test_iwslt14_dynamics_tiny(tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()
