@@ -61,6 +61,31 @@ def test_demo_refuses_bad_model_options(tmp_path, args, message):
     assert p.returncode != 0 and message in p.stderr.strip().splitlines()[-1]
 
 
+def test_multi30k_paper_tiny(tmp_path):
+    """Every stage of the gallery recipe; the findings table reads the numbers the
+    commands wrote; the gallery holds no checkpoint and redraws from its own files."""
+    out, gal = tmp_path / "paper", tmp_path / "gallery"
+    recipe("multi30k-paper.sh", "--tiny", "--out", out, "--gallery", gal)
+    res = out / "results"
+    findings = (res / "findings.md").read_text()
+    abl = json.loads((res / "ablation.json").read_text())
+    n_sig = sum(h["significant"] for h in abl["heads"])
+    assert f"| {n_sig}/24 heads (p < 0.01)" in findings
+    cross = json.loads((res / "cross_domain.json").read_text())
+    assert f"Pearson r = {cross['pearson']:.2f} (test vs test2, 24 heads)" in findings
+    assert "`bash recipes/multi30k-paper.sh --tiny" in findings
+    report = (res / "report.md").read_text()
+    for section in ("The paper's findings against ours", "Single-head ablation", "Cross-domain",
+                    "Budgets without retraining", "Training dynamics", "Speed"):
+        assert f"## {section}" in report, section
+    assert not list(gal.glob("*.pt")) and (gal / "random" / "curve.json").exists()
+    for png in gal.glob("*.png"):
+        png.unlink()
+    p = run(["fairseq-headprune", "report", str(gal), "--redraw"])
+    for name in ("curve.png", "budgets.png", "bench.png", "dynamics_by_epoch.png", "ablation_E.png"):
+        assert (gal / name).stat().st_size > 1000, name
+
+
 def test_iwslt14_dynamics_tiny(tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()

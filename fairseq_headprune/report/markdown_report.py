@@ -138,16 +138,19 @@ def _section_curve(d):
     return "Pruning curves", text, obj
 
 
+def _included(path: str) -> str:
+    """A Markdown file's text, its headings moved below the section that includes it."""
+    with open(path, encoding="utf-8") as f:
+        return "\n".join("##" + line if line.startswith("#") else line
+                         for line in f.read().strip().splitlines())
+
+
 def _section_md(d, json_name, md_name, title, paper_key, images=()):
     obj = _read_json(os.path.join(d, json_name))
     md = os.path.join(d, md_name)
     if obj is None or not os.path.exists(md):
         return None
-    with open(md, encoding="utf-8") as f:
-        # the included file's headings go below this section's
-        text = ["\n".join("##" + line if line.startswith("#") else line
-                          for line in f.read().strip().splitlines())]
-    text += [_img(d, i) for i in images]
+    text = [_included(md)] + [_img(d, i) for i in images]
     text.append(f"*Paper:* {PAPER[paper_key]}")
     return title, text, obj
 
@@ -230,7 +233,15 @@ def _section_dynamics(d):
     return "Training dynamics", text, None
 
 
+def _section_findings(d):
+    path = os.path.join(d, "findings.md")
+    if not os.path.exists(path):
+        return None
+    return "The paper's findings against ours", [_included(path)], None
+
+
 SECTIONS = [
+    _section_findings,
     _section_importance,
     _section_curve,
     lambda d: _section_md(d, "one_head.json", "one_head.md", "Keeping one head per layer",

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The paper reproduced on a model that translates well, on CPU: Multi30k de->en (all
+# 29k training pairs), the paper's small MT shape (6+6 layers, 8 heads, d=D), trained by
+# fairseq-train with a pruning curve at every epoch (Fig. 6), then on the full test sets
+# (test = test_2016_flickr, test2 = test_2017_mscoco, the second domain):
+#   importance (5,000 training sentences) -> curves: all kinds and per kind (Fig. 3, 5),
+#   random orders (3 seeds, Fig. 4) -> keep-one-head for E, A, D (Table 2) -> single-head
+#   ablation of every head on both domains, with significance and the cross-domain
+#   comparison (Table 1) -> export of 50% and speed (Table 4) -> budgets without
+#   retraining (orders x repairs) -> dynamics plot -> report.md and findings.md (the
+#   paper's findings against ours).
+# --gallery DIR copies the report, its plots and results files (no checkpoints, no
+# data) into DIR, e.g. docs/results/multi30k. Every stage skips work already done.
+set -euo pipefail
+usage() {
+  cat <<EOF
+usage: $(basename "$0") [--tiny] [--out DIR] [--data DIR] [--epochs E] [--dim D] [--gallery DIR]
+  --tiny          smoke test of every stage (CI): small data and model, 2 epochs
+  --out DIR       work folder (default runs/multi30k-paper[-tiny])
+  --data DIR      Multi30k raw folder (default ../shared/data/multi30k, else download)
+  --epochs E      training epochs (default 20)
+  --dim D         model dimension (default 128; FFN 4*D)
+  --gallery DIR   copy report.md, findings.md, the plots and the results files there
+EOF
+}
+ARGS="$*"
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+TINY=0 OUT="" DATA_RAW="" EPOCHS=20 DIM=128 GALLERY=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --tiny) TINY=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    --data) DATA_RAW=$2; shift 2 ;;
+    --epochs) EPOCHS=$2; shift 2 ;;
+    --dim) DIM=$2; shift 2 ;;
+    --gallery) GALLERY=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; echo "multi30k-paper.sh: error: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+fail() { echo "multi30k-paper.sh: error: $*" >&2; exit 1; }
+step() { echo; echo "=== [multi30k-paper] $*"; }
+int() { [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] || fail "$1 '$2' is not a whole number >= 1"; }
+int --epochs "$EPOCHS"; int --dim "$DIM"
+trap 'fail "stage failed (line $LINENO); see the output above"' ERR
+
+LAYERS=6 HEADS=8
+if [ "$TINY" = 1 ]; then
+  OUT=${OUT:-runs/multi30k-paper-tiny}; MAX_TRAIN=600; MERGES=500; MAX_TEST=24
+  EPOCHS=2; DIM=32; LAYERS=2; HEADS=4; IMP_SENT=100; WARMUP=10; STEP=0.5; CAL=50
+  CURVE_EPOCH=(--prune-curve-sentences 8 --prune-curve-beam 1 --prune-curve-step 0.5
+               --prune-curve-importance-sentences 40)
+  BENCH=(--batch-sizes 4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 6)
+  LAT=(--batch-size 4 --latency-length 4 --latency-repeats 1)
+  BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
+  GEN_LIMIT=(--max-len-a 0 --max-len-b 10)
+else
+  OUT=${OUT:-runs/multi30k-paper}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=0
+  IMP_SENT=5000; WARMUP=1000; STEP=0.1; CAL=2000
+  CURVE_EPOCH=(--prune-curve-sentences 200 --prune-curve-beam 5 --prune-curve-step 0.1
+               --prune-curve-importance-sentences 2000)
+  BENCH=(--batch-sizes 1,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
+  LAT=(--batch-size 16 --latency-repeats 3)
+  BUDGETS=(--budgets heads:25%,heads:50%,heads:75%)
+  GEN_LIMIT=()
+fi
+DATA="$OUT/data"; BIN="$DATA/bin"; SAVE="$OUT/checkpoints"; RES="$OUT/results"
+CKPT="$SAVE/checkpoint_last.pt"; USER_DIR="$root/fairseq_headprune"
+GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 "${GEN_LIMIT[@]}")
+HP=(fairseq-headprune)
+T0=$(date +%s)
+
+step "1/10 data: Multi30k de->en (Moses tokenization, BPE $MERGES merges, fairseq-preprocess)"
+prep=(--out "$DATA" --max-train "$MAX_TRAIN" --max-test "$MAX_TEST" --bpe-merges "$MERGES" --workers 2)
+[ -n "$DATA_RAW" ] && prep+=(--local "$DATA_RAW")
+bash "$root/data-prep/prepare-multi30k.sh" "${prep[@]}"
+
+step "2/10 fairseq-train: $LAYERS+$LAYERS layers, $HEADS heads, d=$DIM, $EPOCHS epochs, a pruning curve every epoch"
+mkdir -p "$SAVE" "$RES"
+if [ ! -f "$SAVE/.done" ]; then
+  fairseq-train "$BIN" --user-dir "$USER_DIR" --task translation_headprune -s de -t en \
+    --arch transformer --encoder-layers $LAYERS --decoder-layers $LAYERS \
+    --encoder-attention-heads $HEADS --decoder-attention-heads $HEADS \
+    --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM" \
+    --encoder-ffn-embed-dim $((4 * DIM)) --decoder-ffn-embed-dim $((4 * DIM)) \
+    --share-decoder-input-output-embed --dropout 0.3 --weight-decay 0.0001 \
+    --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt \
+    --warmup-updates $WARMUP --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
+    --max-tokens 4096 --max-epoch "$EPOCHS" --save-dir "$SAVE" --keep-last-epochs 1 \
+    --prune-curve-every-epoch "${CURVE_EPOCH[@]}" --cpu --seed 1 --num-workers 0 \
+    --log-format simple --log-interval 100 > "$SAVE/train.log" 2>&1 \
+    || { tail -20 "$SAVE/train.log" >&2; fail "fairseq-train failed; see $SAVE/train.log"; }
+  touch "$SAVE/.done"
+fi
+grep -E "valid \| epoch" "$SAVE/train.log" | tail -3 || true
+
+step "3/10 importance on $IMP_SENT training sentences (with Fisher scores)"
+[ -f "$RES/importance.json" ] || "${HP[@]}" importance "$BIN" --path "$CKPT" "${GEN[@]}" \
+  --results-dir "$RES" --importance-subset train --importance-max-sentences "$IMP_SENT"
+IMP=(--importance "$RES/importance.json")
+
+step "4/10 curves: all kinds and per kind by importance (Fig. 3, 5); random orders, 3 seeds (Fig. 4)"
+"${HP[@]}" curve "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" "${IMP[@]}" --per-kind \
+  --prune-step "$STEP"
+"${HP[@]}" curve "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES/random" --order random \
+  --order-seed 1,2,3 --prune-step "$STEP"
+
+step "5/10 keep only the best head of one layer, every layer of E, A, D (Table 2)"
+"${HP[@]}" one-head "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --kinds E,A,D
+
+step "6/10 single-head ablation of every head on test (flickr) and test2 (mscoco) (Table 1)"
+"${HP[@]}" ablate "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --gen-subset test,test2
+
+step "7/10 export: 50% of the heads removed by importance; speed of full, masked, removed (Table 4)"
+[ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$BIN" --path "$CKPT" --cpu --results-dir "$RES" \
+  --prune-ratio 0.5 "${IMP[@]}" --out "$RES/pruned50.pt"
+[ -f "$RES/bench.json" ] || "${HP[@]}" bench "$BIN" --path "$CKPT" --cpu --results-dir "$RES" \
+  --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
+
+step "8/10 budgets without retraining: 25/50/75% of heads x orders x repairs"
+"${HP[@]}" compare-budgets "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" "${IMP[@]}" \
+  --calibration-sentences "$CAL" "${LAT[@]}" "${BUDGETS[@]}" > /dev/null
+
+step "9/10 training dynamics (Fig. 6)"
+"${HP[@]}" plot-dynamics "$SAVE" --out-dir "$RES"
+
+step "10/10 report and the paper's findings against ours"
+python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
+SECONDS_ALL=$(( $(date +%s) - T0 ))
+{
+  echo; echo "## How this was made"; echo
+  echo "\`bash recipes/multi30k-paper.sh $ARGS\` ($SECONDS_ALL s in this run, resumed stages excluded;"
+  echo "training: $(grep -c 'valid | epoch' "$SAVE/train.log") epochs)."
+  echo "fairseq-headprune $(python -c 'import fairseq_headprune as p; print(p.__version__)'),"
+  echo "fairseq $(python -c 'import fairseq; print(fairseq.__version__)'),"
+  echo "torch $(python -c 'import torch; print(torch.__version__)'), $(nproc) CPU cores."
+} >> "$RES/findings.md"
+"${HP[@]}" report "$RES" > /dev/null
+if [ -n "$GALLERY" ]; then
+  mkdir -p "$GALLERY"
+  cp "$RES"/report.md "$RES"/findings.md "$RES"/*.png "$RES"/*.json "$RES"/*.csv "$GALLERY"/
+  rm -f "$GALLERY"/pruned50.pt
+  mkdir -p "$GALLERY/random" && cp "$RES"/random/curve.* "$GALLERY/random/"
+  echo "gallery: $GALLERY ($(du -sh "$GALLERY" | cut -f1))"
+fi
+echo "[multi30k-paper] done in $SECONDS_ALL s: $RES/report.md, $RES/findings.md"
