@@ -107,6 +107,20 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory):
+    """data-prep/prepare-pairs.sh on the first 200 Multi30k training pairs and 20 of each
+    test set: fairseq's sentence_prediction layout (input0/, input1/, label/)."""
+    out = os.path.join(_cache_dir(tmp_path_factory, "data"), "pairs")
+    if not os.path.isdir(os.path.join(out, "bin", "label")):
+        if not os.path.isdir(os.path.join(SHARED, "multi30k")):
+            pytest.skip(f"shared data not found at {SHARED}")
+        run(["bash", os.path.join(ROOT, "data-prep", "prepare-pairs.sh"), "--out", out,
+             "--local", os.path.join(SHARED, "multi30k"), "--max-train", "200",
+             "--max-test", "20", "--bpe-merges", "300"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_data(data_dir, tmp_path_factory):
     """A data dir for short fairseq-train runs: train = the 120 Multi30k valid pairs,
     valid and test = the 120 test pairs (same dictionaries as ``data_dir``)."""

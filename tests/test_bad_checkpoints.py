@@ -92,7 +92,7 @@ def raises_exactly(message):
 def test_every_loading_function_gives_one_line(bad, case):
     from fairseq import checkpoint_utils
 
-    from fairseq_headprune.tasks.translation_headprune import heads_removed_in_checkpoint
+    from fairseq_headprune.tasks.head_options import heads_removed_in_checkpoint
 
     message = expected(bad, case)
     with raises_exactly(message):  # fairseq-generate/-validate/-train, export, sessions

@@ -3,12 +3,11 @@ Multi30k that fairseq's own sentence_prediction task loads; negatives are never 
 sentence's own translation, and near misses overlap it more than random ones do."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
-import pytest
-
-from conftest import ROOT, SHARED, run
+from conftest import ROOT, SHARED
 
 sys.path.insert(0, os.path.join(ROOT, "data-prep"))
 from make_pairs import jaccard, make_pairs, words  # noqa: E402
@@ -30,15 +29,10 @@ def test_pairs_are_balanced_deterministic_and_never_the_translation():
     assert sum(near) / len(near) > sum(rand) / len(rand)
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "multi30k")),
-                    reason=f"shared data not found at {SHARED}")
-def test_fairseq_sentence_prediction_loads_the_pairs(tmp_path):
+def test_fairseq_sentence_prediction_loads_the_pairs(pairs_dir):
     from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 
-    out = tmp_path / "pairs"
-    run(["bash", os.path.join(ROOT, "data-prep", "prepare-pairs.sh"), "--out", str(out),
-         "--local", os.path.join(SHARED, "multi30k"), "--max-train", "200", "--max-test", "20",
-         "--bpe-merges", "300"])
+    out = pathlib.Path(pairs_dir)
     task = SentencePredictionTask.setup_task(SentencePredictionConfig(
         data=str(out / "bin"), num_classes=2, regression_target=False, seed=1))
     for split, n in (("train", 400), ("valid", 40), ("test", 40), ("test2", 40)):

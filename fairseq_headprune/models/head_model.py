@@ -31,6 +31,8 @@ def _stock_attention_modules(model) -> "OrderedDict[Tuple[str, int], torch.nn.Mo
     model = unwrap_model(model)
     found: "OrderedDict[Tuple[str, int], torch.nn.Module]" = OrderedDict()
     encoder = getattr(model, "encoder", None)
+    # RoBERTa-style encoders keep their layers one level down
+    encoder = getattr(encoder, "sentence_encoder", encoder)
     decoder = getattr(model, "decoder", None)
     for i, layer in enumerate(getattr(encoder, "layers", None) or []):
         found[("E", i + 1)] = layer.self_attn

@@ -6,3 +6,4 @@ from .. import fairseq_fixes
 fairseq_fixes.install()
 
 from .translation_headprune import TranslationHeadPruneTask  # noqa: E402,F401
+from .sentence_prediction_headprune import SentencePredictionHeadPruneTask  # noqa: E402,F401

@@ -22,7 +22,6 @@ interval lines need fairseq validations at those updates
 """
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,25 +32,11 @@ from omegaconf import II
 
 from ..errors import HeadPruneError
 from ..heads import HeadSet, HeadSpec
-from ..models.head_model import (
-    attention_modules,
-    install_head_attention,
-    model_head_shape,
-    recorded_removed_heads,
-    remove_heads,
-    set_head_mask,
-    unwrap_model,
-)
+from ..models.head_model import unwrap_model
 from ..precision import cfg_get, check_training_flags
+from .head_options import SPEC_HELP, apply_head_options
 
 logger = logging.getLogger(__name__)
-
-SPEC_HELP = (
-    "heads as KIND:LAYERS:HEADS entries separated by spaces or ';' (KIND E, A or D; "
-    "1-based numbers, ranges 2-5, comma lists or *), e.g. 'E:1:6,8 A:5-6:*', "
-    "or @file.json as written by fairseq-headprune"
-)
-
 
 @dataclass
 class TranslationHeadPruneConfig(TranslationConfig):
@@ -170,37 +155,14 @@ class TranslationHeadPruneTask(TranslationTask):
             # torch_xla are one line here, not fairseq's traceback in its Trainer
             check_training_flags(cfg)
         model = super().build_model(cfg, from_checkpoint)
-        install_head_attention(model)
-        shape = model_head_shape(model)
-        to_remove = HeadSpec.parse(recorded_removed_heads(cfg)).resolve(shape)
-        to_remove = to_remove | self.prune_spec.resolve(shape)
-        if not from_checkpoint:
-            # fairseq-train builds the model from the command line, then loads
-            # --restore-file / --finetune-from-model: build it as small as that
-            # checkpoint, so that the parameter count fairseq logs, the optimizer, EMA
-            # and data-parallel wrappers all see the smaller model from the start.
-            if self.train_pruning_enabled:
-                if cfg_get(cfg, "disable_validation"):
-                    raise HeadPruneError(
-                        "--accumulate-head-importance and --prune-schedule act at fairseq's "
-                        "end-of-epoch validation; leave out --disable-validation")
-                self._pruning().check_model(model)
-            path = training_checkpoint_path(cfg)
-            if path is not None:
-                found = heads_removed_in_checkpoint(path, model)
-                if found - to_remove:
-                    logger.info(f"{path} has {len(found)} attention heads removed: "
-                                f"building the model without them")
-                to_remove = to_remove | found
-        if to_remove:
-            removed = remove_heads(model, to_remove, model_cfg=cfg)
-            logger.info(f"removed {len(removed)} attention heads: {removed.to_spec()}")
-        mask = self.mask_spec.resolve(shape)
-        if mask:
-            set_head_mask(model, mask)
-            logger.info(f"masked {len(mask)} attention heads: {mask.to_spec()}")
-        self.fixed_mask = mask
-        return model
+        check = None
+        if not from_checkpoint and self.train_pruning_enabled:
+            if cfg_get(cfg, "disable_validation"):
+                raise HeadPruneError(
+                    "--accumulate-head-importance and --prune-schedule act at fairseq's "
+                    "end-of-epoch validation; leave out --disable-validation")
+            check = self._pruning().check_model
+        return apply_head_options(self, model, cfg, from_checkpoint, check)
 
     def build_generator(self, models, args, *rest, **kwargs):
         if getattr(args, "print_alignment", None):
@@ -291,45 +253,3 @@ def check_alignment_layer(model):
             f"--print-alignment reads the encoder-decoder attention of decoder layer "
             f"{index + 1} (A:{index + 1}), which has no heads left (all removed or masked); "
             f"keep at least one head there, or leave out --print-alignment")
-
-
-def training_checkpoint_path(cfg) -> Optional[str]:
-    """The checkpoint fairseq-train will load (fairseq.checkpoint_utils.load_checkpoint's
-    choice), when the model config carries the checkpoint options (legacy architectures
-    get the whole command line as their config); None otherwise or if it is missing."""
-    restore, save_dir = cfg_get(cfg, "restore_file"), cfg_get(cfg, "save_dir")
-    if not restore or save_dir is None:
-        return None
-    suffix = cfg_get(cfg, "checkpoint_suffix") or ""
-    if restore == "checkpoint_last.pt":
-        path = os.path.join(save_dir, f"checkpoint_last{suffix}.pt")
-        finetune = cfg_get(cfg, "finetune_from_model")
-        if not os.path.exists(path) and finetune:
-            path = finetune
-    else:
-        path = restore.replace(".pt", suffix + ".pt")
-    return path if os.path.isfile(path) else None
-
-
-def heads_removed_in_checkpoint(path: str, model) -> HeadSet:
-    """Heads missing from a checkpoint: its ``head_index`` buffers, plus the removals
-    recorded in its model config, mapped onto ``model``'s attention modules."""
-    from ..fairseq_fixes import load_checkpoint_file
-
-    # torch.load(path, weights_only=True, mmap=True for zip files), one line per bad file
-    state = load_checkpoint_file(path, mmap=True)
-    weights = state.get("model") or {}
-    names = {id(m): n for n, m in model.named_modules()}
-    heads = []
-    for (kind, layer), module in attention_modules(model).items():
-        index = weights.get(names[id(module)] + ".head_index")
-        if index is not None:
-            kept = set(int(h) for h in index.tolist())
-            heads += [(kind, layer, h + 1) for h in range(module.orig_num_heads)
-                      if h not in kept]
-    cfg = state.get("cfg") or {}
-    model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
-    recorded = recorded_removed_heads(model_cfg if model_cfg is not None else state.get("args"))
-    spec = HeadSpec.parse(recorded)
-    spec.source = f"pruned_heads recorded in {path!r}"
-    return HeadSet(heads) | spec.resolve(model_head_shape(model))
