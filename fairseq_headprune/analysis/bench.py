@@ -156,15 +156,23 @@ def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=Fa
             "model_dims": {n: d.to_json() for n, d in dims.items()}}
 
 
+def generation_cfg(gen_cfg, beam: int, fixed_length: Optional[int] = None):
+    """A copy of fairseq's generation config at ``beam``; with ``fixed_length`` every
+    hypothesis is exactly that many tokens (+ EOS), so that variants that translate
+    differently still take the same steps."""
+    gen_cfg = copy.deepcopy(gen_cfg)
+    gen_cfg.beam = beam
+    if fixed_length:
+        gen_cfg.min_len = fixed_length
+        gen_cfg.max_len_a, gen_cfg.max_len_b = 0, fixed_length
+    return gen_cfg
+
+
 def _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s, sync, peak_memory,
                  tp):
     import torch
 
-    gen_cfg = copy.deepcopy(gen_cfg)
-    gen_cfg.beam = beam
-    if s.fixed_length:
-        gen_cfg.min_len = s.fixed_length
-        gen_cfg.max_len_a, gen_cfg.max_len_b = 0, s.fixed_length
+    gen_cfg = generation_cfg(gen_cfg, beam, s.fixed_length)
     outputs = {}
 
     def dec(name, model):

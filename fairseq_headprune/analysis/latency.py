@@ -68,17 +68,12 @@ def _cut_to(model, kind: str, k: int) -> HeadSet:
 
 
 def _decoder(task, batches, gen_cfg, settings: LatencySettings, model):
-    import copy
-
     import torch
 
     from ..models.head_model import generation_mode
+    from .bench import generation_cfg
 
-    cfg = copy.deepcopy(gen_cfg)
-    cfg.beam = settings.beam
-    cfg.min_len = settings.length
-    cfg.max_len_a, cfg.max_len_b = 0, settings.length
-    gen = task.build_generator([model], cfg)
+    gen = task.build_generator([model], generation_cfg(gen_cfg, settings.beam, settings.length))
 
     def run():
         with torch.no_grad(), generation_mode(model):
