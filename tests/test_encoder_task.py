@@ -74,3 +74,52 @@ def test_decoder_kinds_are_refused(pairs_dir, spec):
     with pytest.raises(HeadPruneError) as e:
         build(pairs_dir, "--mask-heads", spec)
     assert "\n" not in str(e.value) and spec[0] in str(e.value)
+
+
+def test_importance_is_the_classification_loss_gradient(pairs_dir, monkeypatch):
+    """Per example, Σ_t ∂L/∂ξ_h from the backward pass == the finite difference of that
+    example's cross-entropy in ξ_h (float64; fairseq's attention softmax and gelu, always
+    float32, kept in float64 here, as in tiny_float64); the importance pass covers E only."""
+    import torch.nn.functional as F
+    from fairseq import utils
+
+    softmax = utils.softmax
+    monkeypatch.setattr(utils, "softmax", lambda x, dim, onnx_trace=False: (
+        torch.softmax(x, dim=dim) if x.dtype == torch.float64 else softmax(x, dim, onnx_trace)))
+
+    from fairseq_headprune.analysis.importance import batch_gate_gradients, compute_importance
+
+    task, model = build(pairs_dir)
+    model.double()
+    for layer in model.encoder.sentence_encoder.layers:  # fairseq's gelu runs in float32
+        layer.activation_fn = F.gelu
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    sample = ds.collater([ds[i] for i in range(10)])
+    assert sample["net_input"]["src_tokens"].eq(task.source_dictionary.pad()).any()
+
+    def per_example(m):
+        with torch.no_grad():
+            out, _ = m(**sample["net_input"], features_only=True,
+                       classification_head_name="sentence_classification_head")
+        return F.cross_entropy(out, sample["target"].view(-1), reduction="none")
+
+    grads, finite = batch_gate_gradients(model, sample)
+    assert finite and set(grads) == {("E", 1), ("E", 2)}
+    for key in grads:
+        module = attention_modules(model)[key]
+        g, kept = grads[key]
+        for head in (0, 2):
+            vals = []
+            for sign in (1, -1):
+                mask = torch.ones(4, dtype=torch.float64)
+                mask[head] += sign * 1e-6
+                module.set_head_mask(mask)
+                vals.append(per_example(model))
+            module.set_head_mask(None)
+            fd = (vals[0] - vals[1]) / 2e-6
+            torch.testing.assert_close(g[:, :, kept.index(head)].sum(0), fd, rtol=1e-5, atol=1e-8)
+            assert fd.abs().max() > 1e-5
+    acc = compute_importance(model, [sample])
+    assert acc.keys == [("E", 1), ("E", 2)]
+    assert acc.result().means("sentence").get("A") is None

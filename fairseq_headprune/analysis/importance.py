@@ -31,8 +31,9 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 
 from ..criterions.sentence_nll import sentence_nll
+from ..errors import HeadPruneError
 from ..heads import KINDS, Shape
-from ..models.head_model import attention_modules, model_head_shape
+from ..models.head_model import attention_modules, model_head_shape, unwrap_model
 
 GRANULARITIES = ("sentence", "token", "batch", "fisher")
 
@@ -195,10 +196,35 @@ class Importance:
 
 
 def query_padding(model, sample) -> Dict[str, torch.Tensor]:
-    """[T, B] padding masks of the query side of each kind."""
+    """[T, B] padding masks of the query side of each kind (an encoder-only model: E)."""
+    model = unwrap_model(model)
     src_pad = sample["net_input"]["src_tokens"].eq(model.encoder.dictionary.pad())
+    if getattr(model, "decoder", None) is None:
+        return {"E": src_pad.t()}
     tgt_pad = sample["target"].eq(model.decoder.dictionary.pad())
     return {"E": src_pad.t(), "A": tgt_pad.t(), "D": tgt_pad.t()}
+
+
+def classification_loss(model, sample) -> torch.Tensor:
+    """Summed cross-entropy (nats) of an encoder classifier's labels (fairseq's
+    sentence_prediction: the task's classification head, as its criterion uses)."""
+    model = unwrap_model(model)
+    heads = getattr(model, "classification_heads", None) or {}
+    if len(heads) != 1:
+        raise HeadPruneError(f"the model has {len(heads)} classification heads "
+                             f"({', '.join(heads) or 'none'}); importance needs exactly one")
+    logits, _ = model(**sample["net_input"], features_only=True,
+                      classification_head_name=next(iter(heads)))
+    return torch.nn.functional.cross_entropy(logits.float(), sample["target"].view(-1),
+                                             reduction="sum")
+
+
+def default_loss(model):
+    """The summed loss importance differentiates: the reference's token NLL for a
+    translation model, the labels' cross-entropy for an encoder classifier."""
+    if getattr(unwrap_model(model), "decoder", None) is None:
+        return classification_loss
+    return lambda m, s: sentence_nll(m, s).sum()
 
 
 def _gate_gradient(m, ctx, g, loss_scale: float):
@@ -223,7 +249,7 @@ def batch_gate_gradients(model, sample, loss_fn=None, loss_scale: float = 1.0):
     kept original heads)}, all finite). The gradient of ξ at its current value is
     Σ_d ctx · ∂L/∂u over each head's slice, u the (masked) context fed to out_proj
     and ctx the context before the mask (= u where no mask is set)."""
-    loss_fn = loss_fn or (lambda m, s: sentence_nll(m, s).sum())
+    loss_fn = loss_fn or default_loss(model)
     with frozen_parameters(model), gated(model) as modules, torch.enable_grad():
         loss = loss_fn(model, sample)
         ctxs = {key: m.last_context for key, m in modules.items()
