@@ -135,6 +135,7 @@ def main(argv):
         if not os.path.isfile(out_path(args, "importance.json")):
             write_importance(args, estimate(session, args))
         args.importance = out_path(args, "importance.json")
+
     def score(model):  # the one scoring path, for the full model and every pruned one
         return MaskEvaluator(model, session.task, selection, session.cfg, session.target_lang,
                              cache=False, progress=False).scores(HeadSet())
