@@ -202,19 +202,20 @@ def _rows(field):
 def test_plot_names_the_estimate_and_reads_old_files(tmp_path, monkeypatch):
     from fairseq_headprune.errors import HeadPruneError
     from fairseq_headprune.report import bench as report_bench
-    from fairseq_headprune.report import plots
 
     drawn = []
-    monkeypatch.setattr(plots, "lines", lambda series, path, *a, **k: drawn.append(series) or path)
     for name, field in (("new", "estimate"), ("old", "bound")):
         d = tmp_path / name
         d.mkdir()
         (d / "bench.json").write_text(json.dumps(_bench_file(_rows(field))))
         assert report_bench.redraw(str(d)) == [str(d / "bench.png")]
+        assert (d / "bench.png").stat().st_size > 1000
+        drawn.append(report_bench.panel_series(_rows(field)))
     new, old = drawn
-    assert new["encoder: cost-model estimate"] == [(1, 1.2), (16, 1.2)]
-    assert "encoder: multiply-add ratio (old file)" in old
-    assert not any("bound" in label for series in drawn for label in series)
+    assert new["encoder"]["cost-model estimate"] == [(1, 1.2), (16, 1.2)]
+    assert "multiply-add ratio (old file)" in old["encoder"]
+    assert not any("bound" in label for panels in drawn for series in panels.values()
+                   for label in series)
     # a row with neither is one clear error
     bad = _rows("estimate")
     del bad[0]["estimate"]

@@ -30,33 +30,46 @@ def _part_rank(part: str):
     return (0, 0) if part == "encoder" else (1, int(part.rsplit(" ", 1)[1]))
 
 
+NAMES = {"removed": "heads removed", "masked": "heads masked"}
+
+
+def panel_series(rows) -> dict:
+    """{part: {label: [(batch size, speed-up)]}}, parts in order (encoder, then beams),
+    the removed variant's cost-model estimate as a series of its own."""
+    out = {part: {} for part in sorted(dict.fromkeys(_part(r) for r in rows), key=_part_rank)}
+    for r in rows:
+        if r["variant"] == "full":
+            continue
+        series = out[_part(r)]
+        series.setdefault(NAMES.get(r["variant"], r["variant"]), []).append(
+            (r["batch_size"], r["speedup"]["median"]))
+        if r["variant"] == "removed":
+            value, name = estimate_of(r)
+            series.setdefault(name, []).append((r["batch_size"], value))
+    for series in out.values():
+        for pts in series.values():
+            pts.sort()
+    return out
+
+
 def plot(rows, path, heads: str = ""):
     """One panel per part (encoder, decoding at each beam): median speed-up over the
     full model against batch size, per variant, with the cost-model estimate of the
     removed variant dashed and the full model's 1x marked."""
     from .plots import _plt, _save
 
-    parts = sorted(dict.fromkeys(_part(r) for r in rows), key=_part_rank)
+    panels = panel_series(rows)
     plt = _plt()
-    fig, axes = plt.subplots(1, max(1, len(parts)), figsize=(4 * max(1, len(parts)), 3.6),
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4 * max(1, len(panels)), 3.6),
                              sharey=True, squeeze=False)
-    for ax, part in zip(axes[0], parts):
-        series = {}
-        for r in rows:
-            if _part(r) != part or r["variant"] == "full":
-                continue
-            series.setdefault((r["variant"], "-"), []).append((r["batch_size"], r["speedup"]["median"]))
-            if r["variant"] == "removed":
-                value, name = estimate_of(r)
-                series.setdefault((name, "--"), []).append((r["batch_size"], value))
-        for (name, style), pts in series.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", markersize=3,
-                    label={"removed": "heads removed", "masked": "heads masked"}.get(name, name),
-                    **({"color": "grey"} if style == "--" else {}))
+    xs = sorted({r["batch_size"] for r in rows})
+    for ax, (part, series) in zip(axes[0], panels.items()):
+        for name, pts in series.items():
+            estimate = name not in NAMES.values()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if estimate else "-",
+                    marker="o", markersize=3, label=name, **({"color": "grey"} if estimate else {}))
         ax.axhline(1.0, color="black", linewidth=0.6, label="full model (1x)")
         ax.set_xscale("log")
-        xs = sorted({r["batch_size"] for r in rows})
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.minorticks_off()
         ax.set_title(part)
