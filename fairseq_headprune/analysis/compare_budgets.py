@@ -62,7 +62,7 @@ def run(model, plan: Plan, score: Callable[[object], Dict], stats: Optional[Dict
     from .bench import fresh_copy
     from .repair import compensate_bias, rescale_heads
 
-    rows = []
+    rows, orders = [], {}
     total = parameter_counts(model)["total"]
     for arm in plan.arms():
         if arm.key in done:
@@ -70,8 +70,11 @@ def run(model, plan: Plan, score: Callable[[object], Dict], stats: Optional[Dict
             continue
         t0 = time.perf_counter()
         unit, amount = parse_budget(arm.budget)
-        order = order_heads(model, arm.order, plan.importance, arm.seed or 1, plan.kinds,
-                            plan.ablation)
+        key = (arm.order, arm.seed)  # one ranking per order and seed, for every budget and repair
+        if key not in orders:
+            orders[key] = order_heads(model, arm.order, plan.importance, arm.seed or 1,
+                                      plan.kinds, plan.ablation)
+        order = orders[key]
         if unit == "latency":
             from .latency import heads_for_latency
 
