@@ -120,6 +120,32 @@ def pairs_dir(tmp_path_factory):
     return out
 
 
+# fairseq's roberta_base architecture at small dimensions (2 layers, 4 heads, d=32)
+CLASSIFIER_ARCH = [
+    "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4", "--num-classes", "2",
+    "--init-token", "0", "--separator-token", "2", "--criterion", "sentence_prediction",
+]
+
+
+@pytest.fixture(scope="session")
+def classifier_ckpt(pairs_dir, tmp_path_factory):
+    """A small sentence-pair classifier trained by stock fairseq-train (task
+    'sentence_prediction', no user dir) on ``pairs_dir``: 200 updates, enough that
+    masking heads changes predictions (test accuracy 57.5%, chance 50%)."""
+    save = os.path.join(_cache_dir(tmp_path_factory, "ckpt"), "classifier")
+    ckpt = os.path.join(save, "checkpoint_last.pt")
+    if not os.path.exists(ckpt):
+        shutil.rmtree(save, ignore_errors=True)
+        run(["fairseq-train", os.path.join(pairs_dir, "bin"), "--task", "sentence_prediction",
+             *CLASSIFIER_ARCH, "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "fixed",
+             "--batch-size", "16", "--max-update", "200", "--dropout", "0.1",
+             "--disable-validation", "--save-interval", "1000",
+             "--save-dir", save, "--no-epoch-checkpoints", "--cpu", "--seed", "1",
+             "--num-workers", "0", "--no-progress-bar", "--log-interval", "100"])
+    return ckpt
+
+
 @pytest.fixture(scope="session")
 def tiny_data(data_dir, tmp_path_factory):
     """A data dir for short fairseq-train runs: train = the 120 Multi30k valid pairs,

@@ -9,15 +9,13 @@ import os
 import pytest
 import torch
 
+from conftest import CLASSIFIER_ARCH
 from fairseq_headprune.errors import HeadPruneError
 from fairseq_headprune.heads import HeadSet
 from fairseq_headprune.models.head_model import (
     attention_modules, model_head_shape, remove_heads, set_head_mask)
 
-SMALL = ["--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
-         "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4", "--num-classes", "2",
-         "--init-token", "0", "--separator-token", "2", "--dropout", "0", "--attention-dropout", "0",
-         "--criterion", "sentence_prediction"]
+SMALL = [*CLASSIFIER_ARCH, "--dropout", "0", "--attention-dropout", "0"]
 
 
 def build(pairs_dir, *extra, seed=3):

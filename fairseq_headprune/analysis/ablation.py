@@ -58,7 +58,7 @@ logger = logging.getLogger("fairseq_headprune.ablation")
 
 FORMAT = "fairseq-headprune/ablation-v1"
 CROSS_FORMAT = "fairseq-headprune/cross-domain-v1"
-DECODE_METRICS = scoring.METRICS  # bleu, sacrebleu, chrf
+DECODE_METRICS = scoring.METRICS + scoring.CLASS_METRICS  # a translation's or a label's
 METRICS = DECODE_METRICS + ("loss",)
 STOP_AFTER_ENV = "HEADPRUNE_ABLATE_STOP_AFTER"  # test hook: stop after k heads (this run)
 
@@ -100,7 +100,7 @@ def checkpoint_fingerprint(path: str) -> str:
 # ---------------------------------------------------------------- evaluators
 def _bootstrap_job(metric, lang, n_samples, seed, base_hyps, hyps, refs):
     r = significance.paired_bootstrap(metric, base_hyps, hyps, refs, lang, n_samples, seed)
-    return r["score"], r["p_value"]
+    return r["score"], r["p_value"], ({"p_ttest": r["p_ttest"]} if "p_ttest" in r else {})
 
 
 def _quiet_worker():
@@ -185,8 +185,8 @@ class DecodeEvaluator:
         identical = list(out.hyps) == base["hyps"]
 
         def finish():
-            score, p = fut.result()
-            return score, p, identical
+            score, p, extra = fut.result()
+            return score, p, identical, extra
 
         return finish
 
@@ -218,7 +218,7 @@ class LossEvaluator:
         p = significance.loss_paired_bootstrap(base["nll"], out.nll, out.ntokens,
                                                self.n_samples, self.seed)
         identical = out.nll == base["nll"]
-        return lambda: (out.corpus, p, identical)
+        return lambda: (out.corpus, p, identical, {})
 
     @staticmethod
     def hyps_text(out) -> Optional[str]:
@@ -333,11 +333,11 @@ class Sweep:
                 return
             head, finish, base_score = pending
             pending = None
-            score, p, identical = finish()
+            score, p, identical, extra = finish()
             delta = score - base_score
             rec = {"kind": head[0], "layer": head[1], "head": head[2], "spec": head_spec(head),
                    "score": score, "delta": delta, "p_value": p, "identical": identical,
-                   "better": bool(delta < 0 if ev.metric == "loss" else delta > 0)}
+                   "better": bool(delta < 0 if ev.metric == "loss" else delta > 0), **extra}
             _apply_alpha([rec], self.alpha)
             obj["heads"].append(rec)
             finished_here += 1

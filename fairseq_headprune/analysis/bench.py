@@ -2,7 +2,8 @@
 
 ``full`` (as loaded), ``masked`` (the heads masked: same work, plus the mask) and
 ``removed`` (the heads physically removed). For every batch size: an encoder-only
-forward (the analogue of the paper's BERT measurement), and for every beam: fairseq's
+forward (the analogue of the paper's BERT measurement; for an encoder classifier, its
+forward pass to the labels, and nothing else), and for every beam: fairseq's
 beam search (``task.inference_step``, what fairseq-generate runs) over the same
 sentences. Warm-up rounds, then repeats in which the variants take turns
 (``speed.time_interleaved``). Beside each measured speed-up: the cost-model estimate
@@ -108,7 +109,12 @@ def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=Fa
     returns {"variants", "rows", "model_dims", "throughput"}, JSON-ready."""
     import torch
 
+    from ..models.head_model import unwrap_model
+    from .classify import classifier_logits
+
     sync = torch.cuda.synchronize if use_cuda else None
+    # an encoder classifier: its forward pass to the labels (the paper's BERT timing)
+    classifier = getattr(unwrap_model(model), "decoder", None) is None
     models = _variants(model, heads, s.variants)
     dims = {name: speed.model_dims(m) for name, m in models.items()}
     info = {name: _variant_info(m) for name, m in models.items()}
@@ -135,7 +141,10 @@ def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=Fa
                     with torch.no_grad():
                         for b in batches:
                             net = b["net_input"]
-                            model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
+                            if classifier:
+                                classifier_logits(model, b)
+                            else:
+                                model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
                 return f
             fns = {name: enc(m) for name, m in models.items()}
             logger.info(f"encoder, batch {bs}: {len(batches)} batches x {s.repeats} repeats")
@@ -147,7 +156,7 @@ def run_bench(task, subset, model, heads, gen_cfg, s: BenchSettings, use_cuda=Fa
             for name in models:
                 rows.append(_row("encoder", None, bs, name, times, cost[name], nsent, src_tokens,
                                  peak_memory(fns[name]), "source", cost["full"], tp))
-        if "decode" in s.parts:
+        if "decode" in s.parts and not classifier:
             for beam in s.beams:
                 rows += _decode_rows(task, models, dims, batches, gen_cfg, beam, bs, nsent, s,
                                      sync, peak_memory, tp)

@@ -14,6 +14,8 @@ iterators per dataset, and one built on the training split mid-training would re
 the trainer's own.
 """
 
+import os
+import re
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
@@ -46,32 +48,44 @@ class DataSpec:
             raise HeadPruneError("set --max-tokens or --batch-size to batch the data")
 
 
+def is_classification_folder(folder: str) -> bool:
+    """fairseq's sentence_prediction layout (RoBERTa GLUE): ``input0/`` and ``label/``."""
+    return os.path.isdir(os.path.join(folder, "input0"))
+
+
 def splits_in(folder: str) -> List[str]:
     """The splits of a binarized fairseq data folder, from its ``SPLIT.SRC-TGT.LANG.idx``
-    files (sorted)."""
-    import os
-    import re
-
+    files, or in the sentence_prediction layout its ``input0/SPLIT.idx`` files (sorted)."""
+    pattern = r"^(.+)\.[^.]+-[^.]+\.[^.]+\.idx$"
+    if is_classification_folder(folder):
+        folder, pattern = os.path.join(folder, "input0"), r"^(.+)\.idx$"
     try:
         names = os.listdir(folder)
     except OSError:
         return []
-    found = {m.group(1) for m in (re.match(r"^(.+)\.[^.]+-[^.]+\.[^.]+\.idx$", n) for n in names)
-             if m}
-    return sorted(found)
+    return sorted({m.group(1) for m in (re.match(pattern, n) for n in names) if m})
 
 
 def describe_splits(folder: str) -> str:
     splits = splits_in(folder)
     return (f"its splits: {', '.join(splits)}" if splits
-            else "it holds no binarized splits (SPLIT.SRC-TGT.LANG.idx files)")
+            else "it holds no binarized splits (SPLIT.SRC-TGT.LANG.idx files, or "
+                 "input0/SPLIT.idx for a classification task)")
 
 
-def check_data_folder(folder: str, source_lang=None, target_lang=None,
-                      option: str = "data folder") -> None:
-    """One line if ``folder`` is not a fairseq translation data folder: missing, not a
-    folder, no language pair to infer, or a dictionary missing."""
-    import os
+def check_classification_folder(folder: str, option: str = "data folder") -> None:
+    """One line if ``folder`` is not in fairseq's sentence_prediction layout."""
+
+    _check_is_folder(folder, option)
+    for sub in ("input0", "label"):
+        if not os.path.isfile(os.path.join(folder, sub, "dict.txt")):
+            raise HeadPruneError(
+                f"{option} {folder!r} has no {sub}/dict.txt (allowed: a sentence_prediction "
+                f"data folder as fairseq's RoBERTa GLUE preprocessing writes it: input0/, "
+                f"[input1/,] label/, each with dict.txt)")
+
+
+def _check_is_folder(folder: str, option: str) -> None:
 
     if not os.path.exists(folder):
         raise HeadPruneError(f"{option} {folder!r} does not exist (allowed: a folder written "
@@ -79,6 +93,13 @@ def check_data_folder(folder: str, source_lang=None, target_lang=None,
     if not os.path.isdir(folder):
         raise HeadPruneError(f"{option} {folder!r} is not a folder (allowed: a folder written "
                              f"by fairseq-preprocess)")
+
+
+def check_data_folder(folder: str, source_lang=None, target_lang=None,
+                      option: str = "data folder") -> None:
+    """One line if ``folder`` is not a fairseq translation data folder: missing, not a
+    folder, no language pair to infer, or a dictionary missing."""
+    _check_is_folder(folder, option)
     names = sorted(os.listdir(folder))
     if source_lang is None or target_lang is None:
         from fairseq.data import data_utils

@@ -45,6 +45,9 @@ class Losses:
 
 
 class MaskEvaluator:
+    metrics = ("bleu", "sacrebleu")  # the scores' metrics, the first the main one
+    loss_unit = scoring.LOSS_UNIT
+
     def __init__(self, model, task, selection: Selection, gen_cfg, lang: str = "en",
                  fixed: HeadSet = HeadSet(), workers: Optional[Workers] = None,
                  cache: bool = True, progress: bool = True, masks_per_batch: Optional[int] = None):

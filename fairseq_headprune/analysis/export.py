@@ -3,8 +3,9 @@
 ``select_least_important`` turns an importance file and a ratio into a HeadSet (the
 paper's pruning order; ``select_heads``: that or a spec, as export and bench take them);
 ``pruned_checkpoint_state`` turns an original checkpoint plus a model whose heads were
-removed into a checkpoint state that stock fairseq tools load (with ``--task
-translation_headprune``), ``write_checkpoint`` writes it atomically, and
+removed into a checkpoint state that stock fairseq tools load (with ``--user-dir`` and
+``--task translation_headprune``; a classifier's records ``sentence_prediction_headprune``
+as its task, which fairseq-validate uses), ``write_checkpoint`` writes it atomically, and
 ``export_pruned`` does all of it (remove, write, reload to check, count).
 ``write_torchscript`` writes the model as TorchScript (stock attention modules, see
 modules/deploy.py), checked against the eager model.
@@ -145,6 +146,11 @@ def pruned_checkpoint_state(src_path: str, model) -> dict:
         model_cfg = copy.copy(model_cfg)
         _set_cfg_value(model_cfg, PRUNED_HEADS_KEY, spec)
         cfg["model"] = model_cfg
+        task_cfg = cfg.get("task")
+        if isinstance(task_cfg, dict) and task_cfg.get("_name") == "sentence_prediction":
+            # fairseq-validate builds the model with the checkpoint's own task: ours
+            # builds it without the removed heads (stock fairseq would build it whole)
+            cfg["task"] = dict(task_cfg, _name="sentence_prediction_headprune")
         state["cfg"] = cfg
     if state.get("args") is not None:
         state["args"] = copy.copy(state["args"])

@@ -31,7 +31,6 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 
 from ..criterions.sentence_nll import sentence_nll
-from ..errors import HeadPruneError
 from ..heads import KINDS, Shape
 from ..models.head_model import attention_modules, model_head_shape, unwrap_model
 
@@ -207,14 +206,10 @@ def query_padding(model, sample) -> Dict[str, torch.Tensor]:
 
 def classification_loss(model, sample) -> torch.Tensor:
     """Summed cross-entropy (nats) of an encoder classifier's labels (fairseq's
-    sentence_prediction: the task's classification head, as its criterion uses)."""
-    model = unwrap_model(model)
-    heads = getattr(model, "classification_heads", None) or {}
-    if len(heads) != 1:
-        raise HeadPruneError(f"the model has {len(heads)} classification heads "
-                             f"({', '.join(heads) or 'none'}); importance needs exactly one")
-    logits, _ = model(**sample["net_input"], features_only=True,
-                      classification_head_name=next(iter(heads)))
+    sentence_prediction: the model's one classification head, as its criterion uses)."""
+    from .classify import classifier_logits
+
+    logits = classifier_logits(unwrap_model(model), sample)
     return torch.nn.functional.cross_entropy(logits.float(), sample["target"].view(-1),
                                              reduction="sum")
 

@@ -30,6 +30,42 @@ def model_overrides(text) -> dict:
     return value
 
 
+CLASSIFIER_TASK = "sentence_prediction_headprune"
+
+
+def checkpoint_task(path: str) -> Optional[dict]:
+    """The task config a checkpoint was trained with (a plain dict; None if it records
+    none). Read through a memory map: the weights are not loaded."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from ..fairseq_fixes import load_checkpoint_file
+
+    state = load_checkpoint_file(path, mmap=True)
+    cfg = state.get("cfg")
+    task = cfg.get("task") if isinstance(cfg, (dict, DictConfig)) else None
+    if task is None and state.get("args") is not None:  # a pre-0.10 checkpoint
+        args = vars(state["args"])
+        return dict(args, _name=args.get("task"))
+    if isinstance(task, DictConfig):
+        task = OmegaConf.to_container(task, resolve=True)
+    return dict(task) if isinstance(task, dict) else None
+
+
+def classifier_task_cfg(saved: dict, data: str, args):
+    """The classifier's task as trained (init and separator tokens, max positions,
+    ...), on ``data``, as ``sentence_prediction_headprune`` with the command's
+    ``--mask-heads``/``--prune-heads``."""
+    from omegaconf import OmegaConf
+
+    from ..tasks.sentence_prediction_headprune import SentencePredictionHeadPruneConfig
+
+    fields = SentencePredictionHeadPruneConfig.__dataclass_fields__
+    values = {k: v for k, v in saved.items() if k in fields}
+    values.update(_name=CLASSIFIER_TASK, data=data, mask_heads=getattr(args, "mask_heads", None),
+                  prune_heads=getattr(args, "prune_heads", None))
+    return OmegaConf.create(values)
+
+
 class Session:
     def __init__(self, args):
         """``args``: fairseq-generate's namespace (options.get_generation_parser)."""
@@ -45,13 +81,28 @@ class Session:
         if len(paths) != 1:
             raise HeadPruneError(f"--path names {len(paths)} checkpoints; give exactly one")
         from ..fairseq_fixes import check_checkpoint_path
-        from .data import check_data_folder, describe_splits, splits_in
+        from .data import (
+            check_classification_folder, check_data_folder, describe_splits, splits_in)
 
         check_checkpoint_path(paths[0])  # read in full (load_checkpoint_file) below
         data = utils.split_paths(cfg.task.data)[0] if cfg.task.data else None
         if data is None:
             raise HeadPruneError("the data folder (DATA) is required")
-        check_data_folder(data, cfg.task.source_lang, cfg.task.target_lang)
+        # the checkpoint's own task says what the model is: a translation model or an
+        # encoder classifier (fairseq's sentence_prediction, e.g. RoBERTa on MNLI)
+        saved_task = checkpoint_task(paths[0])
+        self.classifier = saved_task is not None and saved_task.get("_name", "").startswith(
+            "sentence_prediction")
+        if args.task == CLASSIFIER_TASK and not self.classifier:
+            raise HeadPruneError(
+                f"--task {CLASSIFIER_TASK}: {paths[0]!r} is not a classifier (its task: "
+                f"{(saved_task or {}).get('_name')}); allowed: a checkpoint trained with "
+                f"fairseq's sentence_prediction")
+        if self.classifier:
+            check_classification_folder(data)
+            cfg.task = classifier_task_cfg(saved_task, data, args)
+        else:
+            check_data_folder(data, cfg.task.source_lang, cfg.task.target_lang)
         # the subsets the command names, before anything is loaded or written (the
         # default --gen-subset 'test' is left to load_subset: not every command reads it)
         splits = splits_in(data)
@@ -91,9 +142,28 @@ class Session:
         """The heads the user masked for the whole run (``--mask-heads``)."""
         return getattr(self.task, "fixed_mask", HeadSet())
 
+    def kinds(self, text=None, option: str = "--kinds") -> tuple:
+        """The attention kinds a command works on: ``text`` (e.g. 'E,A'), or every kind
+        this model has (E, A and D for a translation model, E for an encoder
+        classifier); a kind the model lacks is one line."""
+        from ..heads import KIND_NAMES, KINDS, parse_kinds
+        from ..models.head_model import model_head_shape
+
+        shape = model_head_shape(self.model)
+        have = tuple(k for k in KINDS if shape.get(k))
+        if text is None:
+            return have
+        wanted = parse_kinds(text)
+        missing = [k for k in wanted if k not in have]
+        if missing:
+            raise HeadPruneError(
+                f"{option} {text}: this model has no {' or '.join(KIND_NAMES[k] for k in missing)} "
+                f"({','.join(missing)}; allowed: {','.join(have)})")
+        return wanted
+
     @property
     def target_lang(self) -> str:
-        return self.cfg.task.target_lang or "en"
+        return self.cfg.task.get("target_lang") or "en"
 
     def data_spec(self, subset: str, max_sentences: Optional[int] = None,
                   max_batches: Optional[int] = None, seed: int = 1) -> DataSpec:
@@ -113,12 +183,43 @@ class Session:
 
         return collate(self.task, selection.spec.subset, selection.batches)
 
-    def evaluator(self, selection: Selection, **kw):
+    def evaluator(self, selection: Selection, task=None, model=None, **kw):
+        """The mask evaluator of ``selection`` (of ``task`` and ``model``, default the
+        session's): decoding + BLEU for a translation model, predictions + accuracy for
+        a classifier (``classify``)."""
         from .evaluate import MaskEvaluator
 
+        kw.setdefault("fixed", self.fixed_mask)
+        if self.classifier:
+            from .classify import ClassificationEvaluator
+
+            kw.pop("workers", None)
+            kw.pop("masks_per_batch", None)
+            return ClassificationEvaluator(model or self.model, task or self.task, selection,
+                                           use_cuda=self.use_cuda, **kw)
         kw.setdefault("masks_per_batch", getattr(self.args, "masks_per_batch", None))
-        return MaskEvaluator(self.model, self.task, selection, self.cfg, self.target_lang,
-                             fixed=self.fixed_mask, **kw)
+        return MaskEvaluator(model or self.model, task or self.task, selection, self.cfg,
+                             self.target_lang, **kw)
+
+    def metric(self, name: Optional[str], option: str = "--metric", loss: bool = True) -> str:
+        """A command's metric: ``name``, or the model's main one (BLEU; accuracy for a
+        classifier); one that does not fit the model is one line."""
+        from . import scoring
+
+        if self.classifier:
+            from .classify import metrics_of
+
+            allowed = metrics_of(self.task)
+        else:
+            allowed = scoring.METRICS
+        allowed = tuple(allowed) + (("loss",) if loss else ())
+        if name is None:
+            return allowed[0]
+        if name not in allowed:
+            what = "this classifier" if self.classifier else "a translation model"
+            raise HeadPruneError(f"{option} {name} does not fit {what} (allowed: "
+                                 f"{', '.join(allowed)})")
+        return name
 
     def meta(self, **extra) -> dict:
         """Provenance for every results file."""
@@ -131,8 +232,8 @@ class Session:
             "command": "fairseq-headprune " + " ".join(sys.argv[1:]),
             "checkpoint": os.path.abspath(a.path),
             "data": os.path.abspath(a.data),
-            "source_lang": self.cfg.task.source_lang,
-            "target_lang": self.cfg.task.target_lang,
+            "source_lang": self.cfg.task.get("source_lang"),
+            "target_lang": self.cfg.task.get("target_lang"),
             "mask_heads": self.fixed_mask.to_spec(),
             "generation": {"beam": a.beam, "lenpen": a.lenpen, "max_len_a": a.max_len_a,
                            "max_len_b": a.max_len_b, "remove_bpe": a.post_process,

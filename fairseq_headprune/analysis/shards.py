@@ -194,6 +194,7 @@ class MergePlan:
     copies: List[Tuple[str, str]] = field(default_factory=list)  # (source path, name in out_dir)
     ablation_sets: Dict[str, List[str]] = field(default_factory=dict)  # metric -> labels
     curves: Optional[dict] = None
+    curve_metrics: tuple = ("bleu", "sacrebleu")
 
     def targets(self) -> List[str]:
         return ([n for n, _ in self.json_files] + [n for n, _, _ in self.ablation_files]
@@ -433,6 +434,7 @@ def _plan_curve(plan: MergePlan, shard_dirs, command: str):
         _check_nested(name, points)
         curves[name] = [pt for pt, _ in points]
     plan.curves = curves
+    plan.curve_metrics = tuple(settings.get("metrics") or ("bleu", "sacrebleu"))
     plan.json_files.append(("curve.json", {"format": FORMAT, "settings": settings, "curves": curves,
                                            "meta": _merged_meta(objs, command)}))
 

@@ -3,6 +3,9 @@
 * ``paired_bootstrap``: sacrebleu's paired bootstrap resampling (Koehn 2004) of a system
   against a baseline, for any of the decoding metrics of ``scoring``.
 * ``loss_paired_bootstrap``: the same statistic, over sentences, for a corpus loss.
+* classifiers' ``accuracy``/``f1``/``mcc``: the same statistic over examples (the
+  metric of each resample from its confusion matrix), and the paper's paired t-test
+  of the per-example correctness (``paired_ttest``, scipy's ``ttest_rel``).
 * ``significant``: p < alpha AND the outputs differ AND the score differs. sacrebleu's
   test returns p = 1/(n_samples+1) whenever the real difference is 0 and the resampled
   differences are all 0 too (its statistic is |resampled diff| minus its mean, compared
@@ -62,6 +65,8 @@ def paired_bootstrap(name: str, baseline: Sequence[str], system: Sequence[str],
 
     if not seed:
         raise HeadPruneError("bootstrap seed 0 means 'unseeded' to sacrebleu (use a non-zero seed)")
+    if name in scoring.CLASS_METRICS:
+        return class_paired_bootstrap(name, baseline, system, refs, n_samples, seed)
     refs_p = scoring.prepare(name, refs, lang)
     with _sacrebleu_seed(seed):
         test = PairedTest(
@@ -95,9 +100,48 @@ def loss_paired_bootstrap(base_nll: Sequence[float], sys_nll: Sequence[float],
     idx = bootstrap_indices(len(base), n_samples, seed)
     real = abs(sys_.sum() / tok.sum() - base.sum() / tok.sum())
     t = tok[idx].sum(1)
-    diffs = np.abs(sys_[idx].sum(1) / t - base[idx].sum(1) / t)
+    return _bootstrap_p(base[idx].sum(1) / t, sys_[idx].sum(1) / t, real, n_samples)
+
+
+def _bootstrap_p(base_scores, sys_scores, real: float, n_samples: int) -> float:
+    """sacrebleu's p-value from the resamples' scores: stats = |sys - base| minus its
+    mean, p = (#(stats > |real difference|) + 1) / (n_samples + 1)."""
+    diffs = np.abs(np.asarray(sys_scores) - np.asarray(base_scores))
     stats = diffs - diffs.mean()
-    return float((np.sum(stats > real) + 1) / (n_samples + 1))
+    return float((np.sum(stats > abs(real)) + 1) / (n_samples + 1))
+
+
+def class_paired_bootstrap(name: str, baseline: Sequence[str], system: Sequence[str],
+                           refs: Sequence[str], n_samples: int = DEFAULT_SAMPLES,
+                           seed: int = DEFAULT_SEED) -> Dict:
+    """``paired_bootstrap`` of a classifier's metric (``scoring.CLASS_METRICS``):
+    sacrebleu's resamples and statistic, each resample scored from its confusion
+    matrix. Also returns the paired t-test's p-value (``p_ttest``)."""
+    if not len(refs) == len(baseline) == len(system) or not refs:
+        raise HeadPruneError(f"paired test needs as many predictions as labels "
+                             f"({len(baseline)}, {len(system)}, {len(refs)})")
+    classes = scoring.label_classes(baseline, system, refs)
+    idx = bootstrap_indices(len(refs), n_samples, seed)
+    score = lambda hyps, rows=None: scoring.from_confusion(
+        name, scoring.confusion(hyps, refs, classes, rows), classes)
+    base, sys_ = float(score(baseline)), float(score(system))
+    p = _bootstrap_p(score(baseline, idx), score(system, idx), sys_ - base, n_samples)
+    right = lambda hyps: [h == r for h, r in zip(hyps, refs)]
+    return {"baseline": base, "score": sys_, "delta": sys_ - base, "p_value": p,
+            "p_ttest": paired_ttest(right(baseline), right(system)),
+            "identical": list(baseline) == list(system)}
+
+
+def paired_ttest(base: Sequence[float], system: Sequence[float]) -> float:
+    """Two-sided paired t-test (scipy.stats.ttest_rel) of per-example values; 1.0 when
+    every difference is 0 (scipy's NaN: nothing changed, nothing to test)."""
+    from scipy.stats import ttest_rel
+
+    a, b = np.asarray(base, float), np.asarray(system, float)
+    if len(a) < 2 or not np.any(a != b):
+        return 1.0
+    p = float(ttest_rel(b, a).pvalue)
+    return p if np.isfinite(p) else 1.0
 
 
 def _defined(x, y) -> bool:

@@ -102,9 +102,12 @@ def model_dims(model) -> ModelDims:
     model = unwrap_model(model)
     mods = attention_modules(model)
     dims = ModelDims(element_bytes=next(model.parameters()).element_size())
-    for i, layer in enumerate(model.encoder.layers):
+    encoder = getattr(model.encoder, "sentence_encoder", model.encoder)  # RoBERTa's
+    for i, layer in enumerate(encoder.layers):
         dims.encoder.append(LayerDims(_attn(mods[("E", i + 1)]), layer.fc1.out_features,
                                       layer.fc1.in_features))
+    if getattr(model, "decoder", None) is None:  # an encoder classifier
+        return dims
     for i, layer in enumerate(model.decoder.layers):
         cross = mods.get(("A", i + 1))
         dims.decoder.append(LayerDims(_attn(mods[("D", i + 1)]), layer.fc1.out_features,

@@ -3,7 +3,7 @@ model (paper §3.2 Table 1), with paired-bootstrap significance; on two or more
 evaluation sets, also the cross-domain comparison (paper §3.4 Fig. 2).
 
     fairseq-headprune ablate DATA --path CKPT --results-dir DIR [--kinds E,A,D]
-        [--heads SPEC] [--metric bleu|sacrebleu|chrf|loss] [--alpha 0.01]
+        [--heads SPEC] [--metric bleu|sacrebleu|chrf|accuracy|f1|mcc|loss] [--alpha 0.01]
         [--bootstrap-samples 1000] [--bootstrap-seed 12345]
         [--gen-subset test[,test1,...]] [--compare-data DIR2 [--compare-subset SPLIT]]
         [--max-eval-sentences N] [--overwrite] [--no-save-hyps]
@@ -48,12 +48,14 @@ from .merge_shards import add_shard_args, shard_of
 
 
 def add_args(group):
-    group.add_argument("--kinds", default="E,A,D", metavar="KINDS",
-                       help="attention kinds to ablate: E, A, D, comma-separated (default all)")
+    group.add_argument("--kinds", default=None, metavar="KINDS",
+                       help="attention kinds to ablate: E, A, D, comma-separated (default: "
+                            "every kind the model has)")
     group.add_argument("--heads", default=None, metavar="SPEC",
                        help="only these heads (KIND:LAYERS:HEADS spec or @file.json), within --kinds")
-    group.add_argument("--metric", default="bleu", choices=ab.METRICS,
-                       help="bleu (default: tokenized BLEU), sacrebleu, chrf or loss")
+    group.add_argument("--metric", default=None, choices=ab.METRICS,
+                       help="bleu (default for translation: tokenized BLEU), sacrebleu, chrf; "
+                            "accuracy (default for a classifier), f1 (labels 0/1), mcc; or loss")
     add_bootstrap_args(group)
     group.add_argument("--bootstrap-workers", type=nonnegative_int, default=None, metavar="N",
                        help="processes running bootstraps while the next head decodes "
@@ -100,12 +102,13 @@ def main(argv):
 
 
 def run(args, stop_after, pool) -> int:
-    from ..analysis.evaluate import MaskEvaluator
     from ..report import ablation_report as rep
 
     session = open_session(args)
+    args.metric = session.metric(args.metric)
     shape, removed = model_head_shape(session.model), removed_heads(session.model)
-    heads = ab.heads_to_ablate(shape, parse_kinds(args.kinds), args.heads, removed, session.fixed_mask)
+    heads = ab.heads_to_ablate(shape, session.kinds(args.kinds), args.heads, removed,
+                               session.fixed_mask)
     everything = heads
     if args.shard:
         heads = args.shard.items(heads, "heads to ablate")
@@ -114,9 +117,7 @@ def run(args, stop_after, pool) -> int:
     sets = ab.evaluation_sets(session, args.gen_subset, args.max_eval_sentences, args.eval_seed,
                               args.compare_data, args.compare_subset)
     for i, (label, data, selection, task) in enumerate(sets):
-        masks = MaskEvaluator(session.model, task, selection, session.cfg, session.target_lang,
-                              fixed=session.fixed_mask, cache=False, progress=False,
-                              masks_per_batch=args.masks_per_batch)
+        masks = session.evaluator(selection, task, cache=False, progress=False)
         ev = (ab.LossEvaluator(masks, args.bootstrap_samples, args.bootstrap_seed)
               if args.metric == "loss" else
               ab.DecodeEvaluator(masks, args.metric, args.bootstrap_samples, args.bootstrap_seed, pool))

@@ -94,10 +94,11 @@ def main(argv):
 
     args = parse_args("bench", argv, add_args)
     check_args(args)
-    kinds = parse_kinds(args.kinds)
+    parse_kinds(args.kinds)  # a bad --kinds before the model loads
     spec = HeadSpec.parse(args.prune_heads) if args.prune_heads else None
     args.prune_heads = None  # the task must load the model as it is
     session = open_session(args)
+    kinds = session.kinds(args.kinds)
     heads, _ = select_heads(session.model, spec, args.importance, args.prune_ratio, kinds,
                             args.min_heads_per_layer)
     heads = heads - removed_heads(session.model)

@@ -17,6 +17,7 @@ from ..errors import HeadPruneError
 from ..results import check_folder, claim_folder
 
 logger = logging.getLogger("fairseq_headprune")
+TASKS = ("translation_headprune", "sentence_prediction_headprune")
 
 
 def setup_logging():
@@ -119,8 +120,9 @@ def parse_args(prog: str, argv: List[str], add_args: Callable[[argparse.Argument
         if error is None:
             raise
         raise error from None
-    if args.task != "translation_headprune":
-        raise HeadPruneError(f"--task {args.task!r} is not supported here (allowed: translation_headprune)")
+    if args.task not in TASKS:
+        raise HeadPruneError(f"--task {args.task!r} is not supported here (allowed: "
+                             f"{', '.join(TASKS)}; the checkpoint's own task decides which)")
     if args.path is None:
         raise HeadPruneError("--path CHECKPOINT is required")
     _check_fairseq_numbers(parser, args)

@@ -37,8 +37,9 @@ def add_args(group):
                        help=f"comma list of repairs ({', '.join(REPAIRS)})")
     group.add_argument("--order-seed", type=seed_list, default=[1, 2, 3], metavar="SEEDS",
                        help="seeds of --orders random, one row each (default 1,2,3)")
-    group.add_argument("--kinds", default="E,A,D", metavar="KINDS",
-                       help="attention kinds the budgets remove from (default all)")
+    group.add_argument("--kinds", default=None, metavar="KINDS",
+                       help="attention kinds the budgets remove from (default: every kind "
+                            "the model has)")
     group.add_argument("--min-heads-per-layer", type=nonnegative_int, default=0, metavar="N",
                        help="keep at least N heads in every module")
     group.add_argument("--importance", default=None, metavar="FILE",
@@ -110,7 +111,6 @@ def main(argv):
 
     from ..analysis import compare_budgets as cb
     from ..analysis.data import load_subset
-    from ..analysis.evaluate import MaskEvaluator
     from ..heads import HeadSet, parse_kinds
     from ..report.budgets import redraw
     from ..results import load_resumable, write_json
@@ -118,13 +118,19 @@ def main(argv):
 
     args = parse_args("compare-budgets", argv, add_args)
     check_args(args)
-    args.kinds = parse_kinds(args.kinds)
+    parse_kinds(args.kinds)  # a bad --kinds before the model loads
     session = open_session(args)
+    args.kinds = session.kinds(args.kinds)
     selection = eval_selection(session, args, args.gen_subset)
     repairs = [r for r in args.repairs if r != "none"]
     calibration = ({"subset": args.calibration_subset, "sentences": args.calibration_sentences,
                     "seed": args.calibration_seed} if repairs else None)
     want = settings(args, selection, calibration)
+    metric = session.metric(None)
+    if session.classifier:  # (translation files stay as before, resumable)
+        from ..analysis.classify import metrics_of
+
+        want["metrics"] = list(metrics_of(session.task))
     out_json = out_path(args, "budgets.json")
     old = load_resumable(out_json, cb.FORMAT, want, args.overwrite, "budgets file")
     obj = old or {"format": cb.FORMAT, "settings": want, "rows": [], "meta": session.meta()}
@@ -137,14 +143,14 @@ def main(argv):
         args.importance = out_path(args, "importance.json")
 
     def score(model):  # the one scoring path, for the full model and every pruned one
-        return MaskEvaluator(model, session.task, selection, session.cfg, session.target_lang,
-                             cache=False, progress=False).scores(HeadSet())
+        return session.evaluator(selection, model=model, fixed=HeadSet(), cache=False,
+                                 progress=False).scores(HeadSet())
 
     if "baseline" not in obj:
         obj["baseline"] = cb.baseline(session.model, score, args.kinds)
         write_json(out_json, obj)
     table = obj.get("latency_table")
-    if not args.no_speed and table is None:
+    if not args.no_speed and table is None and not session.classifier:  # (decoding speed)
         from ..analysis.latency import LatencySettings, measure_table
 
         load_subset(session.task, session.cfg.dataset.gen_subset, session.saved_cfg.task)
@@ -167,7 +173,7 @@ def main(argv):
     def on_row(row):
         obj["rows"].append(row)
         write_json(out_json, obj)
-        logger.info(f"[{row['key']}] {row['removed']} heads removed: BLEU {row['bleu']:.2f}"
+        logger.info(f"[{row['key']}] {row['removed']} heads removed: {metric} {row[metric]:.2f}"
                     + (f", predicted speed-up {row['predicted_speedup']:.3f}x"
                        if row["predicted_speedup"] else ""))
 

@@ -21,7 +21,7 @@ import os
 
 from ..analysis.curve import FORMAT, fractions, pruning_curve
 from ..analysis.ranking import ORDERS, fisher_scores, order_by_scores, order_heads
-from ..analysis.scoring import LOSS_UNIT
+from ..analysis.scoring import METRIC_LABELS
 from ..errors import HeadPruneError
 from ..heads import KINDS, HeadSpec, parse_kinds
 from ..models.head_model import model_head_shape, removed_heads
@@ -32,11 +32,12 @@ from .importance import add_importance_args, estimate, scores_of, write_importan
 from .merge_shards import add_shard_args, shard_of
 
 def add_args(group):
-    group.add_argument("--kinds", default="E,A,D",
-                       help="attention kinds to prune, e.g. E or A,D (default: all); "
-                            "percentages are of these kinds' heads")
+    group.add_argument("--kinds", default=None,
+                       help="attention kinds to prune, e.g. E or A,D (default: every kind "
+                            "the model has); percentages are of these kinds' heads")
     group.add_argument("--per-kind", action="store_true",
-                       help="draw the E, A, D and all-kinds curves in one run and one plot")
+                       help="draw one curve per kind and the all-kinds curve in one run and "
+                            "one plot")
     group.add_argument("--order", choices=ORDERS, default="importance",
                        help="importance (I_h, per-layer normalised), fisher (Σ (dL/dxi)², raw), "
                             "weight-norm (fairseq's own rule: Σ|q,k,v rows|), ablation (an "
@@ -94,7 +95,7 @@ def main(argv):
     steps = fractions(args.prune_step)
     if args.order == "ablation" and not args.ablation:
         raise HeadPruneError("--order ablation needs --ablation FILE (from fairseq-headprune ablate)")
-    kinds = parse_kinds(args.kinds)
+    parse_kinds(args.kinds)  # a bad --kinds before the model loads
     shard = shard_of(args)
     if shard:
         steps = shard_steps(args, shard, steps)
@@ -104,22 +105,23 @@ def main(argv):
     if len(args.order_seed) > 1 and args.order != "random":
         raise HeadPruneError(f"--order-seed {','.join(map(str, args.order_seed))}: several seeds "
                              f"are for --order random, not --order {args.order}")
-    kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind else [kinds]
+    session = open_session(args)
+    shape = model_head_shape(session.model)
+    kinds = session.kinds(args.kinds)
+    kind_sets = [(k,) for k in kinds] + [kinds] if args.per_kind and len(kinds) > 1 else [kinds]
     names = ["".join(ks) if ks != KINDS else "all" for ks in kind_sets]
     seeds = args.order_seed
     if len(seeds) > 1:  # one curve per kind set and seed: "all@seed3"
         kind_sets = [ks for ks in kind_sets for _ in seeds]
         names = [f"{n}@seed{s}" for n in names for s in seeds]
     seed_of = dict(zip(names, seeds * (len(names) // len(seeds))))
-    session = open_session(args)
-    shape = model_head_shape(session.model)
-    for ks in kind_sets:
-        missing = [k for k in ks if not shape.get(k)]
-        if missing:
-            raise HeadPruneError(f"--kinds {','.join(missing)}: this model has no such attention")
     selection = eval_selection(session, args, args.gen_subset)
     out_json = out_path(args, "curve.json")
+    evaluate = session.evaluator(selection)
+    metrics = evaluate.metrics  # the first is the curve's: bleu, or accuracy for a classifier
     want = settings(args, session, names, selection)
+    if metrics[0] != "bleu":  # (translation curves' files stay as before, resumable)
+        want["metric"], want["metrics"] = metrics[0], list(metrics)
     if shard:
         want["shard"] = shard.settings()
     old = load_resumable(out_json, FORMAT, want, args.overwrite, "curve file")
@@ -127,8 +129,7 @@ def main(argv):
     if old:
         logger.info(f"resuming {out_json}: {sum(len(c) for c in curves.values())} points done")
     exclude = removed_heads(session.model) | session.fixed_mask
-    evaluate = session.evaluator(selection)
-    meta = session.meta(loss_unit=LOSS_UNIT)
+    meta = session.meta(loss_unit=evaluate.loss_unit)
 
     def save():
         write_json(out_json, {"format": FORMAT, "settings": want, "curves": curves, "meta": meta})
@@ -147,10 +148,11 @@ def main(argv):
             heads = HeadSpec.parse(point["spec"]).resolve(shape) | session.fixed_mask
             os.makedirs(out_path(args, "specs"), exist_ok=True)
             write_json(out_path(args, f"specs/curve_{name}_{pct:03d}.json"), heads.to_json_obj(
-                {"curve": name, "fraction": point["fraction"], "bleu": point["bleu"]}))
+                {"curve": name, "fraction": point["fraction"], metrics[0]: point[metrics[0]]}))
             save()
-            logger.info(f"[{name}] {point['masked']} heads masked ({pct}%): BLEU {point['bleu']:.2f}, "
-                        f"sacreBLEU {point['sacrebleu']:.2f}, loss {point['loss']:.3f} bits/token")
+            logger.info(f"[{name}] {point['masked']} heads masked ({pct}%): "
+                        + ", ".join(f"{METRIC_LABELS.get(m, m)} {point[m]:.2f}" for m in metrics)
+                        + f", loss {point['loss']:.3f} ({evaluate.loss_unit})")
 
         done = curves.setdefault(name, [])
         pruning_curve(shape, ks, steps, evaluate, order=order,
@@ -162,7 +164,7 @@ def main(argv):
         logger.info(f"shard {shard.index} of {shard.count} done: {out_json}; merge the shards "
                     f"with fairseq-headprune merge-shards OUT_DIR SHARD_DIR...")
         return
-    write_outputs(args.results_dir, curves)
+    write_outputs(args.results_dir, curves, metrics)
 
 
 def shard_steps(args, shard, steps):
@@ -181,13 +183,14 @@ def shard_steps(args, shard, steps):
     return shard.items(steps, f"points of the curve (--prune-step {args.prune_step:g})")
 
 
-def write_outputs(results_dir, curves):
+def write_outputs(results_dir, curves, metrics=("bleu", "sacrebleu")):
     """curve.csv and curve.png from the points (also for merged shards)."""
     from ..report import redraw
 
-    rows = [(name, p["fraction"], p["target"], p["masked"], p["bleu"], p["sacrebleu"], p["loss"], p["spec"])
-            for name, pts in curves.items() for p in pts]
+    rows = [(name, p["fraction"], p["target"], p["masked"], *(p[m] for m in metrics),
+             p["loss"], p["spec"]) for name, pts in curves.items() for p in pts]
+    loss = "loss_bits_per_token" if "bleu" in metrics else "loss_bits_per_example"
     write_csv(os.path.join(results_dir, "curve.csv"), [
-        "curve", "fraction", "target", "masked", "bleu", "sacrebleu", "loss_bits_per_token", "spec"], rows)
+        "curve", "fraction", "target", "masked", *metrics, loss, "spec"], rows)
     redraw.curve(results_dir)
     logger.info(f"wrote {os.path.join(results_dir, 'curve.json')}, curve.csv, curve.png")

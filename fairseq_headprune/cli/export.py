@@ -31,8 +31,9 @@ def add_selection_args(group):
                             "(needs --importance); R in [0, 1]")
     group.add_argument("--importance", default=None, metavar="FILE",
                        help="importance file written by fairseq-headprune importance")
-    group.add_argument("--kinds", default="E,A,D", metavar="KINDS",
-                       help="attention kinds --prune-ratio chooses from (E, A, D, all)")
+    group.add_argument("--kinds", default=None, metavar="KINDS",
+                       help="attention kinds --prune-ratio chooses from (E, A, D, all; "
+                            "default: every kind the model has)")
     group.add_argument("--min-heads-per-layer", type=nonnegative_int, default=0, metavar="N",
                        help="with --prune-ratio: keep at least N heads in every module")
 
@@ -259,13 +260,14 @@ def main(argv, command: str = "export"):
         raise HeadPruneError("prune needs --budget heads:N% or params:N% (export takes "
                              "--prune-heads or --prune-ratio)")
     check_args(args)
-    kinds = parse_kinds(args.kinds)
+    parse_kinds(args.kinds)  # a bad --kinds before the model loads
     spec = HeadSpec.parse(args.prune_heads) if args.prune_heads else None
     # The task must not remove --prune-heads itself: we count parameters before.
     args.prune_heads = None
     args.cpu = True  # export is CPU work; keeps the checkpoint's tensors on CPU
 
     session = open_session(args)
+    kinds = session.kinds(args.kinds)
     clean_temp_files(os.path.dirname(os.path.abspath(args.out)), os.path.basename(args.out))
     if args.budget:
         from ..analysis.budget import heads_for_budget, parse_budget

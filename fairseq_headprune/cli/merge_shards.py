@@ -73,7 +73,7 @@ def main(argv):
     if plan.curves is not None:
         from .curve import write_outputs
 
-        write_outputs(args.out_dir, plan.curves)
+        write_outputs(args.out_dir, plan.curves, plan.curve_metrics)
         print(f"curve.json: merged {plan.n_shards} shards, "
               + ", ".join(f"{name} {len(points)} points" for name, points in plan.curves.items()))
     return 0

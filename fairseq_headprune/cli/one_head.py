@@ -11,7 +11,7 @@ one_head.json (resumable), one_head.csv and one_head.md.
 import os
 
 from ..analysis import significance
-from ..analysis.scoring import METRICS, score
+from ..analysis.scoring import CLASS_METRICS, METRICS, score
 from ..heads import KIND_NAMES, HeadSet, parse_kinds
 from ..models.head_model import attention_modules
 from ..results import load_resumable, write_csv, write_json, write_text
@@ -22,11 +22,13 @@ FORMAT = "fairseq-headprune/one-head-v1"
 
 
 def add_args(group):
-    group.add_argument("--kinds", default="E,A,D", help="attention kinds (default: all)")
+    group.add_argument("--kinds", default=None,
+                       help="attention kinds (default: every kind the model has)")
     group.add_argument("--select-subset", default=None, metavar="SPLIT",
                        help="split on which the best head is chosen (default: --gen-subset)")
-    group.add_argument("--metric", choices=METRICS, default="bleu",
-                       help="bleu: tokenized BLEU (default, the paper's); sacrebleu; chrf")
+    group.add_argument("--metric", choices=METRICS + CLASS_METRICS, default=None,
+                       help="bleu: tokenized BLEU (default for translation, the paper's); "
+                            "sacrebleu; chrf; accuracy (default for a classifier), f1, mcc")
     add_bootstrap_args(group)
     group.add_argument("--overwrite", action="store_true")
     add_eval_args(group)
@@ -34,10 +36,12 @@ def add_args(group):
 
 def main(argv):
     args = parse_args("one-head", argv, add_args)
-    kinds = parse_kinds(args.kinds)
+    parse_kinds(args.kinds)  # a bad --kinds before the model loads
     check_bootstrap_args(args)
     select = args.select_subset or args.gen_subset
     session = open_session(args)
+    kinds = session.kinds(args.kinds)
+    args.metric = session.metric(args.metric, loss=False)
     lang = session.target_lang
     sel = eval_selection(session, args, args.gen_subset)
     evaluate = session.evaluator(sel)
@@ -81,6 +85,7 @@ def main(argv):
                "select_scores": {str(h): s for h, s in per_head.items()},
                "score": test["score"], "baseline": test["baseline"], "delta": test["delta"],
                "p_value": test["p_value"], "identical": test["identical"],
+               **({"p_ttest": test["p_ttest"]} if "p_ttest" in test else {}),
                "significant": significance.significant(test["p_value"], args.alpha, test["identical"],
                                                        test["delta"]),
                "spec": (masked | session.fixed_mask).to_spec()}

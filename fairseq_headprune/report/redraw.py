@@ -27,6 +27,7 @@ import glob
 import os
 from typing import Dict, List
 
+from ..analysis.scoring import METRIC_LABELS
 from ..errors import HeadPruneError
 from ..heads import KIND_NAMES, KINDS
 from ..results import read_json
@@ -101,10 +102,22 @@ def check_curve(obj, path: str) -> None:
     for name, pts in obj["curves"].items():
         if not isinstance(pts, list):
             raise bad(f"curve {name!r} is not a list of points")
+        metric = curve_metric(obj.get("settings") or {})
         for p in pts:
-            if not (isinstance(p, dict) and _number(p.get("fraction")) and _number(p.get("bleu"))
+            if not (isinstance(p, dict) and _number(p.get("fraction")) and _number(p.get(metric))
                     and (p.get("share_masked") is None or _number(p["share_masked"]))):
-                raise bad(f"curve {name!r} has a point without a number fraction and bleu")
+                raise bad(f"curve {name!r} has a point without a number fraction and {metric}")
+
+
+def curve_metric(settings: dict) -> str:
+    """The metric a curve file plots: 'bleu', or the classifier's ('accuracy')."""
+    metric = settings.get("metric", "bleu")
+    return metric if isinstance(metric, str) else "bleu"
+
+
+def metric_axis(metric: str) -> str:
+    return {"bleu": "BLEU (tokenized)", "accuracy": "accuracy (%)"}.get(
+        metric, METRIC_LABELS.get(metric, metric))
 
 
 def curve_title(settings: dict) -> str:
@@ -115,7 +128,8 @@ def curve_title(settings: dict) -> str:
            "random": f"in random order ({seeds})"}.get(order, order)
     if settings.get("reestimate"):
         how += ", re-estimated each step"
-    return f"Pruning heads {how}\nBLEU on {curve_data(settings)}"
+    return (f"Pruning heads {how}\n{METRIC_LABELS.get(curve_metric(settings), '?')} on "
+            f"{curve_data(settings)}")
 
 
 def curve_data(settings: dict) -> str:
@@ -143,14 +157,16 @@ def curve(results_dir: str) -> List[str]:
     curves = obj["curves"]
     names = [n for n in settings.get("curves") or [] if n in curves]
     names += [n for n in curves if n not in names]
+    metric = curve_metric(settings)
+    unit = METRIC_LABELS.get(metric, metric)
     with _drawing(path, "curve file"):
         points = {n: [(100 * (p["share_masked"] if p.get("share_masked") is not None
-                              else p["fraction"]), p["bleu"]) for p in curves[n]] for n in names}
+                              else p["fraction"]), p[metric]) for p in curves[n]] for n in names}
         series, bands, labels = seed_bands(points)
-        base = next((p["bleu"] for n in names for p in curves[n] if p["fraction"] == 0), None)
+        base = next((p[metric] for n in names for p in curves[n] if p["fraction"] == 0), None)
         return [plots.lines(series, os.path.join(results_dir, "curve.png"), curve_title(settings),
-                            "% of heads masked", "BLEU (tokenized)", hline=base,
-                            hline_label=None if base is None else f"unpruned: {base:.2f} BLEU",
+                            "% of heads masked", metric_axis(metric), hline=base,
+                            hline_label=None if base is None else f"unpruned: {base:.2f} {unit}",
                             labels=labels, bands=bands)]
 
 
