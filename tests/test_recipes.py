@@ -86,6 +86,31 @@ def test_multi30k_paper_tiny(tmp_path):
         assert (gal / name).stat().st_size > 1000, name
 
 
+def test_encoder_analysis_tiny(tmp_path):
+    """The BERT half on a classifier trained by stock fairseq-train: every stage; the
+    findings read the results files; the gallery holds no checkpoint and redraws."""
+    out, gal = tmp_path / "enc", tmp_path / "gallery"
+    recipe("encoder-analysis.sh", "--tiny", "--out", out, "--gallery", gal)
+    res = out / "results"
+    abl = json.loads((res / "ablation.json").read_text())
+    assert abl["settings"]["metric"] == "accuracy" and len(abl["heads"]) == 8
+    findings = (res / "findings.md").read_text()
+    n_sig = sum(h["significant"] for h in abl["heads"])
+    assert f"| {n_sig}/8 heads (p < 0.01)" in findings and "BERT" in findings
+    assert "`bash recipes/encoder-analysis.sh --tiny" in findings
+    report = (res / "report.md").read_text()
+    for section in ("The paper's findings against ours", "Pruning curves", "Single-head ablation",
+                    "Cross-domain", "Budgets without retraining", "Speed"):
+        assert f"## {section}" in report, section
+    assert "BERT" in report and "accuracy" in report
+    assert not list(gal.glob("*.pt")) and (gal / "random" / "curve.json").exists()
+    for png in gal.glob("*.png"):
+        png.unlink()
+    run(["fairseq-headprune", "report", str(gal), "--redraw"])
+    for name in ("curve.png", "budgets.png", "bench.png", "ablation_E.png"):
+        assert (gal / name).stat().st_size > 1000, name
+
+
 def test_iwslt14_dynamics_tiny(tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()

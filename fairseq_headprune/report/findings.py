@@ -13,6 +13,31 @@ from ..heads import KIND_NAMES
 from ..results import read_json, write_text
 
 NAMES = {"E": "Enc-Enc", "A": "Enc-Dec", "D": "Dec-Dec"}  # the paper's names
+# the paper's findings on its translation model (WMT) and on BERT (MNLI), by row
+PAPER = {
+    "bleu": {"ablation": "8/96 Enc-Enc heads at p < 0.01, half of them improving BLEU (Table 1, WMT)",
+             "one_head": "most layers not significant; Enc-Dec layer 6 -13.56, Enc-Dec layer 5 "
+                         "-1.55, Enc-Enc layer 1 -1.31 BLEU (Table 2, WMT)",
+             "curve": "~20% (Fig. 3, WMT); ~40% for BERT; sharp drop past ~60%"},
+    "accuracy": {"ablation": "most of BERT's 144 heads can be masked alone with no significant "
+                             "change in accuracy; some masked heads improve it (§3.2, MNLI)",
+                 "one_head": "most layers keep their accuracy with a single head (Table 3, "
+                             "BERT on MNLI)",
+                 "curve": "~40% for BERT on MNLI (Fig. 3); ~20% for the WMT model"},
+}
+UNITS = {"bleu": "BLEU", "accuracy": "accuracy"}
+
+
+def _metric(d: str) -> str:
+    """The folder's main metric: 'bleu', or 'accuracy' for a classifier's results."""
+    for name in ("curve.json", "ablation.json", "one_head.json"):
+        o = _load(os.path.join(d, name))
+        m = ((o or {}).get("settings") or {}).get("metric")
+        if m in ("bleu", "accuracy"):
+            return m
+        if m in ("f1", "mcc"):
+            return "accuracy"
+    return "bleu"
 
 
 def _load(path: str) -> Optional[dict]:
@@ -34,9 +59,9 @@ def _ablation(d: str) -> Optional[tuple]:
             per.append(f"{NAMES[kind]} {len(sig)}/{len(hk)} ({better} better)")
     n_sig = sum(1 for h in heads if h["significant"])
     ours = (f"{n_sig}/{len(heads)} heads (p < {alpha:g}): " + ", ".join(per))
-    return ("Heads whose masking alone changes BLEU significantly",
-            "8/96 Enc-Enc heads at p < 0.01, half of them improving BLEU (Table 1, WMT)", ours,
-            "ablation.json (Table 1)")
+    m = _metric(d)
+    return (f"Heads whose masking alone changes {UNITS[m]} significantly",
+            PAPER[m]["ablation"], ours, "ablation.json (Table 1)")
 
 
 def _one_head(d: str) -> Optional[tuple]:
@@ -50,13 +75,18 @@ def _one_head(d: str) -> Optional[tuple]:
     ours = (f"{len(rows) - len(sig)}/{len(rows)} layers not significant; "
             + (f"significant: {shown}" if sig else "none significant")
             + f"; largest drop {NAMES[worst['kind']]} layer {worst['layer']} {worst['delta']:+.2f}")
-    return ("Keeping only the best head of one layer",
-            "most layers not significant; Enc-Dec layer 6 -13.56, Enc-Dec layer 5 -1.55, "
-            "Enc-Enc layer 1 -1.31 BLEU (Table 2, WMT)", ours, "one_head.json (Table 2)")
+    return ("Keeping only the best head of one layer", PAPER[_metric(d)]["one_head"], ours,
+            "one_head.json (Table 2)")
 
 
 def _curve_points(c: dict, name: str) -> List[tuple]:
-    return [(p.get("share_masked", p["fraction"]), p["bleu"]) for p in c["curves"].get(name) or []]
+    """(share masked, the curve's metric) of curve ``name``; a classifier's single-kind
+    curve ("E") stands for "all"."""
+    m = (c.get("settings") or {}).get("metric", "bleu")
+    pts = c["curves"].get(name)
+    if pts is None and name == "all" and list(c["curves"]) in (["E"], ["A"], ["D"]):
+        pts = next(iter(c["curves"].values()))
+    return [(p.get("share_masked", p["fraction"]), p[m]) for p in pts or []]
 
 
 def _prunable(points: List[tuple], loss: float = 1.0) -> Optional[float]:
@@ -76,18 +106,21 @@ def _curves(d: str) -> List[tuple]:
     if not c:
         return []
     out = []
+    m = (c.get("settings") or {}).get("metric", "bleu")
+    unit = UNITS.get(m, m)
     full = _curve_points(c, "all")
     if full:
         share = _prunable(full)
         at = {round(100 * s): b for s, b in full}
-        out.append(("Heads that can be masked by importance at < 1 BLEU loss",
-                    "~20% (Fig. 3, WMT); ~40% for BERT; sharp drop past ~60%",
-                    f"{100 * share:.0f}% of the {max(p['target'] for p in c['curves']['all'])} "
-                    f"heads (BLEU {full[0][1]:.2f} unpruned"
+        heads = max(p["target"] for pts in c["curves"].values() for p in pts)
+        out.append((f"Heads that can be masked by importance at < 1 {unit} point loss"
+                    if m != "bleu" else "Heads that can be masked by importance at < 1 BLEU loss",
+                    PAPER.get(m, PAPER["bleu"])["curve"],
+                    f"{100 * share:.0f}% of the {heads} heads ({unit} {full[0][1]:.2f} unpruned"
                     + (f", {at[60]:.2f} at 60%" if 60 in at else "") + ")",
                     "curve.json (Fig. 3)"))
-    kinds = [k for k in "EAD" if _curve_points(c, k)]
-    if kinds:
+    kinds = [k for k in "EAD" if k in c["curves"] and _curve_points(c, k)]
+    if len(kinds) > 1:
         def at50(k):
             pts = dict((round(100 * s), b) for s, b in _curve_points(c, k))
             return pts.get(50)
@@ -110,15 +143,17 @@ def _random(d: Optional[str], main: str) -> Optional[tuple]:
     if not r or not c or not _curve_points(c, "all"):
         return None
     imp = dict((round(100 * s), b) for s, b in _curve_points(c, "all"))
-    seeds = [n for n in r["curves"] if n.split("@")[0] == "all"]
+    main_curve = "E" if list(c["curves"]) == ["E"] else "all"  # a classifier: E alone
+    seeds = [n for n in r["curves"] if n.split("@")[0] == main_curve]
     rnd = [dict((round(100 * s), b) for s, b in _curve_points(r, n)) for n in seeds]
     pct = 50 if 50 in imp and all(50 in x for x in rnd) else None
     if pct is None or not rnd:
         return None
     vals = [x[pct] for x in rnd]
+    unit = UNITS.get((c.get("settings") or {}).get("metric", "bleu"), "BLEU")
     return ("Importance order against random order (all kinds, 50% masked)",
             "ranking by importance beats random and ablation order (Fig. 4)",
-            f"importance {imp[pct]:.2f} BLEU; random {min(vals):.2f}-{max(vals):.2f} "
+            f"importance {imp[pct]:.2f} {unit}; random {min(vals):.2f}-{max(vals):.2f} "
             f"({len(vals)} seeds)", "curve.json vs random/curve.json (Fig. 4)")
 
 
@@ -127,9 +162,12 @@ def _cross(d: str) -> Optional[tuple]:
     if not files:
         return None
     x = _load(os.path.join(d, files[0]))
-    return ("Same heads matter in another domain (per-head BLEU changes correlated)",
+    unit = UNITS.get(x.get("metric", "bleu"), "BLEU")
+    return (f"Same heads matter in another domain (per-head {unit} changes correlated)",
             "Pearson r = 0.56, newstest2013 vs MTNT (WMT); 0.68 MNLI matched vs mismatched",
-            f"Pearson r = {x['pearson']:.2f} ({x['a']} vs {x['b']}, {x['n']} heads)", files[0])
+            (f"Pearson r = {x['pearson']:.2f}" if x.get("pearson") is not None else
+             "Pearson r undefined (the changes on one set are all equal)")
+            + f" ({x['a']} vs {x['b']}, {x['n']} heads)", files[0])
 
 
 def _dynamics(d: str) -> Optional[tuple]:

@@ -100,6 +100,17 @@ def _provenance(obj) -> List[str]:
     return out
 
 
+def paper(d: str, key: str) -> str:
+    """The paper's finding for section ``key``: on BERT (MNLI) for a classifier's results
+    folder, else on its translation models."""
+    from .findings import PAPER as BY_METRIC, _metric
+
+    bert = BY_METRIC["accuracy"]
+    if key in bert and _metric(d) == "accuracy":
+        return bert[key]
+    return PAPER[key]
+
+
 def _section_importance(d):
     obj = _read_json(os.path.join(d, "importance.json"))
     if obj is None:
@@ -118,23 +129,26 @@ def _section_curve(d):
     obj = _read_json(os.path.join(d, "curve.json"))
     if obj is None:
         return None
+    from .redraw import curve_data, curve_metric
+
+    s = obj.get("settings", {})
+    metric = curve_metric(s)
+    unit = "BLEU" if metric == "bleu" else metric
     curves = obj.get("curves", {})
     names = list(curves)
     fracs = sorted({p["fraction"] for pts in curves.values() for p in pts})
-    lines = ["| % heads masked | " + " | ".join(f"BLEU ({n})" for n in names) + " |",
+    lines = ["| % heads masked | " + " | ".join(f"{unit} ({n})" for n in names) + " |",
              "|---|" + "---|" * len(names)]
     for fr in fracs:
         cells = []
         for n in names:
             p = next((p for p in curves[n] if p["fraction"] == fr), None)
-            cells.append(f"{p['bleu']:.2f}" if p else "")
+            cells.append(f"{p[metric]:.2f}" if p else "")
         lines.append(f"| {100 * fr:.0f} | " + " | ".join(cells) + " |")
-    from .redraw import curve_data
-
-    s = obj.get("settings", {})
     text = [f"Order: {s.get('order')}{' (re-estimated each step)' if s.get('reestimate') else ''}; "
-            f"scored on {curve_data(s)}; tokenized BLEU.", "\n".join(lines),
-            _img(d, "curve.png"), f"*Paper:* {PAPER['curve']}"]
+            f"scored on {curve_data(s)}; "
+            f"{'tokenized BLEU' if metric == 'bleu' else metric + ' (%)'}.", "\n".join(lines),
+            _img(d, "curve.png"), f"*Paper:* {paper(d, 'curve')}"]
     return "Pruning curves", text, obj
 
 
@@ -151,7 +165,7 @@ def _section_md(d, json_name, md_name, title, paper_key, images=()):
     if obj is None or not os.path.exists(md):
         return None
     text = [_included(md)] + [_img(d, i) for i in images]
-    text.append(f"*Paper:* {PAPER[paper_key]}")
+    text.append(f"*Paper:* {paper(d, paper_key)}")
     return title, text, obj
 
 
@@ -167,7 +181,7 @@ def _per_file(d, pattern, title, render, paper_key=None):
         first = first or obj
         text += render(d, path, obj)
     if paper_key:
-        text.append(f"*Paper:* {PAPER[paper_key]}")
+        text.append(f"*Paper:* {paper(d, paper_key)}")
     return title, text, first
 
 
