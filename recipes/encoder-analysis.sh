@@ -42,9 +42,7 @@ while [ $# -gt 0 ]; do
     *) usage >&2; echo "encoder-analysis.sh: error: unknown option '$1'" >&2; exit 2 ;;
   esac
 done
-fail() { echo "encoder-analysis.sh: error: $*" >&2; exit 1; }
-step() { echo; echo "=== [encoder-analysis] $*"; }
-int() { [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] || fail "$1 '$2' is not a whole number >= 1"; }
+source "$here/lib.sh"
 int --epochs "$EPOCHS"; int --dim "$DIM"
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
 
@@ -118,21 +116,7 @@ step "8/8 budgets without retraining; report and the paper's BERT findings again
 "${HP[@]}" compare-budgets "$BIN" --path "$CKPT" "${EVAL[@]}" --results-dir "$RES" "${IMPF[@]}" \
   --calibration-sentences "$CAL" "${BUDGETS[@]}" > /dev/null
 python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
-SECONDS_ALL=$(( $(date +%s) - T0 ))
-{
-  echo; echo "## How this was made"; echo
-  echo "\`bash recipes/encoder-analysis.sh $ARGS\` ($SECONDS_ALL s in this run, resumed stages"
-  echo "excluded; training: $(grep -c "valid on 'valid'" "$SAVE/train.log") epochs, the best"
-  echo "validation accuracy's checkpoint). fairseq-headprune"
-  echo "$(python -c 'import fairseq_headprune as p; print(p.__version__)'),"
-  echo "fairseq $(python -c 'import fairseq; print(fairseq.__version__)'),"
-  echo "torch $(python -c 'import torch; print(torch.__version__)'), $(nproc) CPU cores."
-} >> "$RES/findings.md"
+provenance "$RES/findings.md" "$ARGS" "$T0" "$(grep -c "valid on 'valid'" "$SAVE/train.log")"
 "${HP[@]}" report "$RES" > /dev/null
-if [ -n "$GALLERY" ]; then
-  mkdir -p "$GALLERY"
-  cp "$RES"/report.md "$RES"/findings.md "$RES"/*.png "$RES"/*.json "$RES"/*.csv "$GALLERY"/
-  mkdir -p "$GALLERY/random" && cp "$RES"/random/curve.* "$GALLERY/random/"
-  echo "gallery: $GALLERY ($(du -sh "$GALLERY" | cut -f1))"
-fi
-echo "[encoder-analysis] done in $SECONDS_ALL s: $RES/report.md, $RES/findings.md"
+[ -z "$GALLERY" ] || copy_gallery "$RES" "$GALLERY"
+echo "[encoder-analysis] done in $(( $(date +%s) - T0 )) s: $RES/report.md, $RES/findings.md"

@@ -39,9 +39,7 @@ while [ $# -gt 0 ]; do
     *) usage >&2; echo "multi30k-paper.sh: error: unknown option '$1'" >&2; exit 2 ;;
   esac
 done
-fail() { echo "multi30k-paper.sh: error: $*" >&2; exit 1; }
-step() { echo; echo "=== [multi30k-paper] $*"; }
-int() { [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] || fail "$1 '$2' is not a whole number >= 1"; }
+source "$here/lib.sh"
 int --epochs "$EPOCHS"; int --dim "$DIM"
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
 
@@ -127,21 +125,7 @@ step "9/10 training dynamics (Fig. 6)"
 
 step "10/10 report and the paper's findings against ours"
 python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
-SECONDS_ALL=$(( $(date +%s) - T0 ))
-{
-  echo; echo "## How this was made"; echo
-  echo "\`bash recipes/multi30k-paper.sh $ARGS\` ($SECONDS_ALL s in this run, resumed stages excluded;"
-  echo "training: $(grep -c 'valid | epoch' "$SAVE/train.log") epochs)."
-  echo "fairseq-headprune $(python -c 'import fairseq_headprune as p; print(p.__version__)'),"
-  echo "fairseq $(python -c 'import fairseq; print(fairseq.__version__)'),"
-  echo "torch $(python -c 'import torch; print(torch.__version__)'), $(nproc) CPU cores."
-} >> "$RES/findings.md"
+provenance "$RES/findings.md" "$ARGS" "$T0" "$(grep -c 'valid | epoch' "$SAVE/train.log")"
 "${HP[@]}" report "$RES" > /dev/null
-if [ -n "$GALLERY" ]; then
-  mkdir -p "$GALLERY"
-  cp "$RES"/report.md "$RES"/findings.md "$RES"/*.png "$RES"/*.json "$RES"/*.csv "$GALLERY"/
-  rm -f "$GALLERY"/pruned50.pt
-  mkdir -p "$GALLERY/random" && cp "$RES"/random/curve.* "$GALLERY/random/"
-  echo "gallery: $GALLERY ($(du -sh "$GALLERY" | cut -f1))"
-fi
-echo "[multi30k-paper] done in $SECONDS_ALL s: $RES/report.md, $RES/findings.md"
+[ -z "$GALLERY" ] || copy_gallery "$RES" "$GALLERY"
+echo "[multi30k-paper] done in $(( $(date +%s) - T0 )) s: $RES/report.md, $RES/findings.md"
