@@ -193,7 +193,7 @@ class Session:
         if self.classifier:
             from .classify import ClassificationEvaluator
 
-            kw.pop("workers", None)
+            kw.pop("workers", None)  # (each worker scores every example: it is cheap)
             kw.pop("masks_per_batch", None)
             return ClassificationEvaluator(model or self.model, task or self.task, selection,
                                            use_cuda=self.use_cuda, **kw)
@@ -278,10 +278,13 @@ class Session:
         from fairseq import tasks
         from omegaconf import open_dict
 
-        from .data import check_data_folder
+        from .data import check_classification_folder, check_data_folder
 
-        check_data_folder(data2, self.cfg.task.source_lang, self.cfg.task.target_lang,
-                          option="--compare-data")
+        if self.classifier:
+            check_classification_folder(data2, option="--compare-data")
+        else:
+            check_data_folder(data2, self.cfg.task.source_lang, self.cfg.task.target_lang,
+                              option="--compare-data")
         tcfg = copy.deepcopy(self.cfg.task)
         with open_dict(tcfg):
             tcfg.data = data2
@@ -290,7 +293,8 @@ class Session:
         except (FileNotFoundError, OSError) as e:
             raise HeadPruneError(f"--compare-data {data2!r}: cannot load its dictionaries ({e})") from None
         for side, a, b in (("source", self.task.source_dictionary, task2.source_dictionary),
-                           ("target", self.task.target_dictionary, task2.target_dictionary)):
+                           ("target" if not self.classifier else "label",
+                            self.task.target_dictionary, task2.target_dictionary)):
             if a.symbols != b.symbols:
                 raise HeadPruneError(
                     f"--compare-data {data2!r}: its {side} dictionary differs from "
