@@ -21,15 +21,15 @@ usage: $(basename "$0") [--tiny] [--out DIR] [--data DIR] [--epochs E] [--dim D]
   --tiny          smoke test of every stage (CI): a few hundred pairs, 2 layers, 3 epochs
   --out DIR       work folder (default runs/encoder-analysis[-tiny])
   --data DIR      Multi30k raw folder (default ../shared/data/multi30k, else download)
-  --epochs E      training epochs (default 6)
-  --dim D         model dimension (default 128; 4 layers, 8 heads, FFN 4*D)
+  --epochs E      training epochs (default 2: ~10 min each on 2 CPU cores)
+  --dim D         model dimension (default 64; 4 layers, 8 heads, FFN 4*D)
   --gallery DIR   copy report.md, findings.md, the plots and the results files there
 EOF
 }
 ARGS="$*"
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-TINY=0 OUT="" DATA_RAW="" EPOCHS=6 DIM=128 GALLERY=""
+TINY=0 OUT="" DATA_RAW="" EPOCHS=2 DIM=64 GALLERY=""
 while [ $# -gt 0 ]; do
   case $1 in
     --tiny) TINY=1; shift ;;
@@ -54,7 +54,7 @@ if [ "$TINY" = 1 ]; then
   BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
 else
   OUT=${OUT:-runs/encoder-analysis}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=0
-  IMP=5000; STEP=0.1; CAL=2000; BOOT=1000; LR=5e-4; WARMUP=500
+  IMP=5000; STEP=0.1; CAL=2000; BOOT=1000; LR=1e-3; WARMUP=500
   BENCH=(--batch-sizes 1,4,16,64 --bench-sentences 256 --repeats 5)
   BUDGETS=(--budgets heads:25%,heads:50%,heads:75%)
 fi
