@@ -341,7 +341,7 @@ def test_reports_are_drawn_from_the_json(full_a, tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--metric", "bleu4"], "argument --metric: invalid choice: 'bleu4' (choose from 'bleu', "
-                            "'sacrebleu', 'chrf', 'loss')"),
+                            "'sacrebleu', 'chrf', 'accuracy', 'f1', 'mcc', 'loss')"),
     (["--heads", "A:3:1"], "layer 3 in entry 'A:3:1' is out of range"),
 ])
 def test_bad_arguments_fail_with_one_clean_line(data_dir, trained_ckpt, tmp_path, extra, message):
