@@ -152,7 +152,7 @@ def main(argv):
             save()
             logger.info(f"[{name}] {point['masked']} heads masked ({pct}%): "
                         + ", ".join(f"{METRIC_LABELS.get(m, m)} {point[m]:.2f}" for m in metrics)
-                        + f", loss {point['loss']:.3f} ({evaluate.loss_unit})")
+                        + f", loss {point['loss']:.3f} {evaluate.loss_unit.split(' (')[0]}")
 
         done = curves.setdefault(name, [])
         pruning_curve(shape, ks, steps, evaluate, order=order,
