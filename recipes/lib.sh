@@ -27,3 +27,21 @@ copy_gallery() {
   mkdir -p "$2/random" && cp "$1"/random/curve.* "$2/random/"
   echo "gallery: $2 ($(du -sh "$2" | cut -f1))"
 }
+
+# gallery_args ARGS...: the gallery recipes' options, into TINY OUT DATA_RAW EPOCHS DIM
+# GALLERY (the caller sets the defaults and defines usage)
+gallery_args() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --tiny) TINY=1; shift ;;
+      --out) OUT=$2; shift 2 ;;
+      --data) DATA_RAW=$2; shift 2 ;;
+      --epochs) EPOCHS=$2; shift 2 ;;
+      --dim) DIM=$2; shift 2 ;;
+      --gallery) GALLERY=$2; shift 2 ;;
+      -h|--help) usage; exit 0 ;;
+      *) usage >&2; echo "$NAME.sh: error: unknown option '$1'" >&2; exit 2 ;;
+    esac
+  done
+  int --epochs "$EPOCHS"; int --dim "$DIM"
+}

@@ -27,20 +27,8 @@ ARGS="$*"
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 TINY=0 OUT="" DATA_RAW="" EPOCHS=20 DIM=128 GALLERY=""
-while [ $# -gt 0 ]; do
-  case $1 in
-    --tiny) TINY=1; shift ;;
-    --out) OUT=$2; shift 2 ;;
-    --data) DATA_RAW=$2; shift 2 ;;
-    --epochs) EPOCHS=$2; shift 2 ;;
-    --dim) DIM=$2; shift 2 ;;
-    --gallery) GALLERY=$2; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
-    *) usage >&2; echo "multi30k-paper.sh: error: unknown option '$1'" >&2; exit 2 ;;
-  esac
-done
 source "$here/lib.sh"
-int --epochs "$EPOCHS"; int --dim "$DIM"
+gallery_args "$@"
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
 
 LAYERS=6 HEADS=8
