@@ -132,7 +132,8 @@ class ClassificationEvaluator:
         """{'accuracy', 'f1' (labels 0/1), 'mcc', 'loss' (``LOSS_UNIT``)} of ``mask``,
         metrics in percent (MCC x 100, as GLUE reports it)."""
         tr, losses = self._run(self.key(mask))
-        out = {name: scoring.score(name, tr.hyps, tr.refs)["score"] for name in self.metrics}
+        scored = scoring.class_scores(self.metrics, tr.hyps, tr.refs)  # one confusion matrix
+        out = {name: scored[name]["score"] for name in self.metrics}
         out["loss"] = losses.corpus
         return out
 

@@ -100,6 +100,19 @@ def from_confusion(name: str, counts, classes: Sequence[str]):
     return 100.0 * value
 
 
+def class_scores(names: Sequence[str], hyps: Sequence[str], refs: Sequence[str]) -> Dict:
+    """{name: score's dict} of classifier metrics, from one confusion matrix."""
+    if len(hyps) != len(refs):
+        raise HeadPruneError(f"{len(hyps)} predictions but {len(refs)} labels")
+    if not hyps:
+        raise HeadPruneError("nothing to score: the evaluation subset is empty")
+    classes = label_classes(hyps, refs)
+    counts = confusion(hyps, refs, classes)
+    return {n: {"metric": n, "score": float(from_confusion(n, counts, classes)),
+                "signature": CLASS_SIGNATURE.format(name=n, classes=",".join(classes))}
+            for n in names}
+
+
 def metric(name: str):
     from sacrebleu.metrics import BLEU, CHRF
 
@@ -126,10 +139,7 @@ def score(name: str, hyps: Sequence[str], refs: Sequence[str], lang: str = "en")
     if not hyps:
         raise HeadPruneError("nothing to score: the evaluation subset is empty")
     if name in CLASS_METRICS:
-        classes = label_classes(hyps, refs)
-        value = from_confusion(name, confusion(hyps, refs, classes), classes)
-        return {"metric": name, "score": float(value),
-                "signature": CLASS_SIGNATURE.format(name=name, classes=",".join(classes))}
+        return class_scores([name], hyps, refs)[name]
     m = metric(name)
     result = m.corpus_score(prepare(name, hyps, lang), [prepare(name, refs, lang)])
     return {"metric": name, "score": float(result.score), "signature": str(m.get_signature())}
