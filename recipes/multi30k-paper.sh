@@ -18,7 +18,7 @@ usage: $(basename "$0") [--tiny] [--out DIR] [--data DIR] [--epochs E] [--dim D]
   --tiny          smoke test of every stage (CI): small data and model, 2 epochs
   --out DIR       work folder (default runs/multi30k-paper[-tiny])
   --data DIR      Multi30k raw folder (default ../shared/data/multi30k, else download)
-  --epochs E      training epochs (default 20)
+  --epochs E      training epochs (default 12)
   --dim D         model dimension (default 128; FFN 4*D)
   --gallery DIR   copy report.md, findings.md, the plots and the results files there
 EOF
@@ -26,7 +26,7 @@ EOF
 ARGS="$*"
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-TINY=0 OUT="" DATA_RAW="" EPOCHS=20 DIM=128 GALLERY=""
+TINY=0 OUT="" DATA_RAW="" EPOCHS=12 DIM=128 GALLERY=""
 source "$here/lib.sh"
 gallery_args "$@"
 trap 'fail "stage failed (line $LINENO); see the output above"' ERR
@@ -43,9 +43,9 @@ if [ "$TINY" = 1 ]; then
   GEN_LIMIT=(--max-len-a 0 --max-len-b 10)
 else
   OUT=${OUT:-runs/multi30k-paper}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=0
-  IMP_SENT=5000; WARMUP=1000; STEP=0.1; CAL=2000
+  IMP_SENT=5000; WARMUP=500; STEP=0.1; CAL=2000
   CURVE_EPOCH=(--prune-curve-sentences 200 --prune-curve-beam 5 --prune-curve-step 0.1
-               --prune-curve-importance-sentences 2000)
+               --prune-curve-importance-sentences 1000)
   BENCH=(--batch-sizes 1,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
   LAT=(--batch-size 16 --latency-repeats 3)
   BUDGETS=(--budgets heads:25%,heads:50%,heads:75%)
@@ -73,7 +73,7 @@ if [ ! -f "$SAVE/.done" ]; then
     --share-decoder-input-output-embed --dropout 0.3 --weight-decay 0.0001 \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt \
     --warmup-updates $WARMUP --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-    --max-tokens 4096 --max-epoch "$EPOCHS" --save-dir "$SAVE" --keep-last-epochs 1 \
+    --max-tokens 2048 --max-epoch "$EPOCHS" --save-dir "$SAVE" --keep-last-epochs 1 \
     --prune-curve-every-epoch "${CURVE_EPOCH[@]}" --cpu --seed 1 --num-workers 0 \
     --log-format simple --log-interval 100 > "$SAVE/train.log" 2>&1 \
     || { tail -20 "$SAVE/train.log" >&2; fail "fairseq-train failed; see $SAVE/train.log"; }
