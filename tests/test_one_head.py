@@ -36,3 +36,25 @@ def test_one_head_table(data_dir, trained_ckpt, tmp_path):
     assert row["p_value"] == res["BLEU"][1].p_value
     md = (tmp_path / "one_head.md").read_text()
     assert f"{row['delta']:+.2f}" in md and "encoder-decoder attention" in md
+
+
+def test_one_head_chooses_on_a_sample(data_dir, trained_ckpt, tmp_path):
+    """--select-sentences N chooses on the seeded N-sentence sample that
+    --max-eval-sentences N evaluates (same scores per head), then scores the chosen head
+    on the whole evaluation subset."""
+    sample, chosen = tmp_path / "sample", tmp_path / "chosen"
+    common = [data_dir, "--path", trained_ckpt, *GEN, "--kinds", "A", "--bootstrap-samples", "100"]
+    run(["fairseq-headprune", "one-head", *common, "--results-dir", str(sample),
+         "--max-eval-sentences", "12"])
+    run(["fairseq-headprune", "one-head", *common, "--results-dir", str(chosen),
+         "--select-sentences", "12"])
+    on_sample = json.loads((sample / "one_head.json").read_text())
+    obj = json.loads((chosen / "one_head.json").read_text())
+    assert obj["settings"]["select_data"] == on_sample["settings"]["eval_data"]
+    assert obj["settings"]["eval_data"] != on_sample["settings"]["eval_data"]
+    for a, b in zip(obj["rows"], on_sample["rows"]):
+        assert a["select_scores"] == b["select_scores"] and a["best_head"] == b["best_head"]
+    row = obj["rows"][-1]
+    sys_h, refs = generate_lines(["fairseq-generate", data_dir, "--path", trained_ckpt, *GEN, *USER,
+                                  "--mask-heads", row["spec"]])
+    assert row["score"] == BLEU(tokenize="none", force=True).corpus_score(sys_h, [refs]).score

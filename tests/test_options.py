@@ -96,6 +96,7 @@ CASES = [
     (("one_head", "ablate"), ["--alpha", "5"], "0 < x < 1"),
     (("one_head", "ablate"), ["--alpha", "nan"], "0 < x < 1"),
     (("one_head", "ablate"), ["--bootstrap-seed", "0"], "--bootstrap-seed 0"),
+    (("one_head",), ["--select-sentences", "0"], "--select-sentences 0"),
     (("curve", "export", "bench"), ["--min-heads-per-layer", "-1"], "a whole number >= 0"),
     (("export", "bench"), ["--prune-ratio", "2"], "--prune-ratio 2 is outside [0, 1]"),
     (("export", "bench"), ["--prune-ratio", "inf"], "--prune-ratio inf is outside [0, 1]"),
