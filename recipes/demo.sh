@@ -22,7 +22,7 @@ EOF
 }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-QUICK=0 TINY=0 OUT="" DATA_RAW="" MODEL="" BIN=""
+QUICK=0 TINY=0 OUT="" DATA_RAW="" MODEL="" BIN="" SELECT=()
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
@@ -47,21 +47,23 @@ elif [ -n "$BIN" ]; then
   fail "--bin is for --model (the demo prepares its own data otherwise)"
 fi
 
-# ABLATE: the heads to ablate one at a time; EVAL: sentences each ablation decodes.
+# ABLATE: the heads to ablate one at a time; EVAL: sentences each ablation decodes;
+# SELECT: keep-one-head chooses each layer's head on fewer sentences (--quick).
 # The speed run decodes a fixed number of tokens per sentence, so that the full, masked
 # and pruned models (which translate differently) do the same number of steps.
 if [ -n "$MODEL" ] && [ -z "$OUT" ]; then OUT=runs/demo-model; fi
 if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   OUT=${OUT:-runs/demo-tiny}; MAX_TRAIN=500; MERGES=500; MAX_TEST=30
-  UPDATES=30; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
+  UPDATES=30; IMP_SENT=2000; MAX_TOKENS=4096; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
   BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 8)
 elif [ "$QUICK" = 1 ]; then
-  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=150
-  UPDATES=250; WARMUP=100; STEP=0.25; DIM=64; ABLATE="A:5-6:*"; EVAL=60; KINDS_1H=A
-  BENCH=(--batch-sizes 1,16 --beams 1,5 --bench-sentences 16 --repeats 2 --fixed-length 20)
+  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=100
+  UPDATES=160; WARMUP=60; STEP=0.25; DIM=64; ABLATE="A:6:*"; EVAL=60; KINDS_1H=A
+  IMP_SENT=1000; MAX_TOKENS=2048; SELECT=(--select-sentences 20)
+  BENCH=(--batch-sizes 16 --beams 1,5 --bench-sentences 32 --repeats 2 --fixed-length 20)
 else
   OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
-  UPDATES=1000; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
+  UPDATES=1000; IMP_SENT=2000; MAX_TOKENS=4096; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
   BENCH=(--batch-sizes 1,4,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
 fi
 if [ -n "$MODEL" ]; then  # a user's model: every A head ablated
@@ -77,9 +79,10 @@ if [ -n "$MODEL" ]; then
   ls "$BIN"/train.*.idx >/dev/null 2>&1 || IMP_SUBSET=valid
 fi
 USER_DIR="$root/fairseq_headprune"
-GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000)
-# a model trained for seconds babbles up to the length limit: bound it in --tiny mode
-[ "$TINY" = 1 ] && GEN+=(--max-len-a 0 --max-len-b 12)
+# Hypotheses at most 1.2 x source + 10 tokens (as the epoch curves): a weak or heavily
+# masked model babbles up to fairseq's default limit of 200 tokens otherwise.
+GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a 1.2 --max-len-b 10)
+[ "$TINY" = 1 ] && GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a 0 --max-len-b 12)
 T0=$(date +%s)
 
 if [ -n "$MODEL" ]; then
@@ -105,7 +108,7 @@ elif [ ! -f "$CKPT" ] || ! grep -q "done training" "$CKPT_DIR/train.log" 2>/dev/
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr 2e-3 --lr-scheduler inverse_sqrt \
     --warmup-updates "$WARMUP" --dropout 0.1 --weight-decay 0.0001 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-    --max-tokens 4096 --max-update "$UPDATES" --save-dir "$CKPT_DIR" --no-epoch-checkpoints \
+    --max-tokens "$MAX_TOKENS" --max-update "$UPDATES" --save-dir "$CKPT_DIR" --no-epoch-checkpoints \
     --cpu --seed 1 --log-format simple --log-interval 100 2>&1 | tee "$CKPT_DIR/train.log" \
     | grep -E "train \| epoch|valid \| epoch|done training" || true
   grep -q "done training" "$CKPT_DIR/train.log" || fail "fairseq-train did not finish (see $CKPT_DIR/train.log)"
@@ -134,9 +137,9 @@ else
 fi
 
 HP=(fairseq-headprune)
-step "4/9 importance on 2000 $IMP_SUBSET sentences"
+step "4/9 importance on $IMP_SENT $IMP_SUBSET sentences"
 [ -f "$RES/importance.json" ] || "${HP[@]}" importance "$DATA_BIN" --path "$CKPT" "${GEN[@]}" \
-  --results-dir "$RES" --importance-subset "$IMP_SUBSET" --importance-max-sentences 2000
+  --results-dir "$RES" --importance-subset "$IMP_SUBSET" --importance-max-sentences "$IMP_SENT"
 
 step "5/9 pruning curves: E, A, D and all kinds (importance order)"
 "${HP[@]}" curve "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
@@ -144,7 +147,7 @@ step "5/9 pruning curves: E, A, D and all kinds (importance order)"
 
 step "6/9 keep only the best head per layer, $KINDS_1H (paper Table 2)"
 "${HP[@]}" one-head "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
-  --kinds "$KINDS_1H" --max-eval-sentences "$EVAL"
+  --kinds "$KINDS_1H" --max-eval-sentences "$EVAL" "${SELECT[@]}"
 
 step "7/9 single-head ablation of $ABLATE with paired bootstrap (paper Table 1)"
 "${HP[@]}" ablate "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --heads "$ABLATE" \
