@@ -69,7 +69,7 @@ if [ ! -f "$SAVE/.done" ]; then
     --warmup-updates "$WARMUP" --batch-size 32 --max-epoch "$EPOCHS" \
     --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
     --save-dir "$SAVE" --no-epoch-checkpoints --cpu --seed 1 --num-workers 0 \
-    --log-format simple --log-interval 200 > "$SAVE/train.log" 2>&1 \
+    --log-format simple --log-interval 200 >> "$SAVE/train.log" 2>&1 \
     || { tail -20 "$SAVE/train.log" >&2; fail "fairseq-train failed; see $SAVE/train.log"; }
   touch "$SAVE/.done"
 fi

@@ -77,7 +77,7 @@ if [ ! -f "$SAVE/.done" ]; then
     --warmup-updates $WARMUP --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens 2048 --max-epoch "$EPOCHS" --save-dir "$SAVE" --keep-last-epochs 1 \
     --prune-curve-every-epoch "${CURVE_EPOCH[@]}" --cpu --seed 1 --num-workers 0 \
-    --log-format simple --log-interval 100 > "$SAVE/train.log" 2>&1 \
+    --log-format simple --log-interval 100 >> "$SAVE/train.log" 2>&1 \
     || { tail -20 "$SAVE/train.log" >&2; fail "fairseq-train failed; see $SAVE/train.log"; }
   touch "$SAVE/.done"
 fi
