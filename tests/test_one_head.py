@@ -54,6 +54,7 @@ def test_one_head_chooses_on_a_sample(data_dir, trained_ckpt, tmp_path):
     assert obj["settings"]["eval_data"] != on_sample["settings"]["eval_data"]
     for a, b in zip(obj["rows"], on_sample["rows"]):
         assert a["select_scores"] == b["select_scores"] and a["best_head"] == b["best_head"]
+    assert "chosen on 12 of " in (chosen / "one_head.md").read_text()
     row = obj["rows"][-1]
     sys_h, refs = generate_lines(["fairseq-generate", data_dir, "--path", trained_ckpt, *GEN, *USER,
                                   "--mask-heads", row["spec"]])

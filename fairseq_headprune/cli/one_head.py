@@ -103,26 +103,37 @@ def main(argv):
                     f"({row['delta']:+.2f}, p={row['p_value']:.4f}"
                     f"{', output unchanged' if row['identical'] else ''})")
     save()
-    write_tables(args, rows, baseline, args.alpha)
+    write_tables(args, rows, baseline, args.alpha, settings)
 
 
-def write_tables(args, rows, baseline, alpha):
+def write_tables(args, rows, baseline, alpha, settings):
     write_csv(out_path(args, "one_head.csv"),
               ["kind", "layer", "best_head", "heads", "score", "baseline", "delta", "p_value", "significant"],
               [(r["kind"], r["layer"], r["best_head"], r["heads"], r["score"], r["baseline"],
                 r["delta"], r["p_value"], r["significant"]) for r in rows])
-    write_text(out_path(args, "one_head.md"), one_head_markdown(rows, baseline, alpha))
+    write_text(out_path(args, "one_head.md"), one_head_markdown(rows, baseline, alpha, settings))
     logger.info(f"wrote {out_path(args, 'one_head.json')}, one_head.csv, one_head.md")
 
 
-def one_head_markdown(rows, baseline, alpha) -> str:
+def _sentences(data: dict) -> str:
+    n = f"{data['sentences']:,}"
+    if data["sentences"] != data["of"]:
+        n += f" of {data['of']:,}"
+    return f"{n} sentences of `{data['subset']}`"
+
+
+def one_head_markdown(rows, baseline, alpha, settings=None) -> str:
     """The paper's Table 2: layers x kinds, ΔBLEU when only the best head is kept."""
+    chosen = ""
+    if settings and settings.get("select_data") not in (None, settings["eval_data"]):
+        chosen = (f" Each layer's head was chosen on {_sentences(settings['select_data'])}, "
+                  f"then scored on {_sentences(settings['eval_data'])}.")
     kinds = [k for k in ("E", "A", "D") if any(r["kind"] == k for r in rows)]
     layers = sorted({r["layer"] for r in rows})
     cell = {(r["kind"], r["layer"]): r for r in rows}
     lines = [f"Keeping only the best head of one layer: change in {baseline['metric']} "
              f"(full model {baseline['score']:.2f}); **bold** = significant (paired bootstrap, p < {alpha}; "
-             f"a layer whose output or score did not change is never significant).",
+             f"a layer whose output or score did not change is never significant).{chosen}",
              "", "| Layer | " + " | ".join(f"{KIND_NAMES[k]} (best head)" for k in kinds) + " |",
              "|---|" + "---|" * len(kinds)]
     for layer in layers:
