@@ -41,6 +41,7 @@ if [ "$TINY" = 1 ]; then
   BENCH=(--batch-sizes 4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 6)
   LAT=(--batch-size 4 --latency-length 4 --latency-repeats 1)
   BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
+  PRUNES=("heads:50% lstsq half")  # (a tiny model's latency table is mostly noise)
   GEN_LIMIT=(--max-len-a 0 --max-len-b 10); SELECT=(--select-sentences 8)
 else
   OUT=${OUT:-runs/multi30k-paper}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=0
@@ -50,6 +51,7 @@ else
   BENCH=(--batch-sizes 1,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
   LAT=(--batch-size 16 --latency-repeats 3)
   BUDGETS=(--budgets heads:25%,heads:50%,heads:75%)
+  PRUNES=("heads:50% lstsq half" "latency:1.3x none latency")
   GEN_LIMIT=(--max-len-a 1.2 --max-len-b 10)  # as the epoch curves: a masked model babbles
   SELECT=(--select-sentences 200)
 fi
@@ -106,9 +108,22 @@ step "7/10 export: 50% of the heads removed by importance; speed of full, masked
 [ -f "$RES/bench.json" ] || "${HP[@]}" bench "$BIN" --path "$CKPT" --cpu --results-dir "$RES" \
   --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
 
-step "8/10 budgets without retraining: 25/50/75% of heads x orders x repairs"
+step "8/10 budgets without retraining: 25/50/75% of heads x orders (ablation order from test) x repairs"
 "${HP[@]}" compare-budgets "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" "${IMP[@]}" \
-  --calibration-sentences "$CAL" "${LAT[@]}" "${BUDGETS[@]}" > /dev/null
+  --calibration-sentences "$CAL" "${LAT[@]}" "${BUDGETS[@]}" \
+  --orders importance,fisher,weight-norm,ablation,random --ablation "$RES/ablation.json" > /dev/null
+# a user's two budget questions, timed end to end (the prune command as a user runs it):
+# half the heads repaired by least squares, and a decoding speed-up at beam 5, batch 16
+for b in "${PRUNES[@]}"; do
+  read -r budget repair name <<< "$b"
+  [ -f "$RES/prune-$name.pt" ] && continue
+  t=$(date +%s)
+  "${HP[@]}" prune "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" "${IMP[@]}" \
+    --budget "$budget" --repair "$repair" --calibration-sentences "$CAL" "${LAT[@]}" \
+    --out "$RES/prune-$name.pt" > /dev/null
+  t=$(( $(date +%s) - t )); echo "prune --budget $budget --repair $repair: $t s"
+  echo "{\"budget\": \"$budget\", \"repair\": \"$repair\", \"seconds\": $t}" > "$RES/prune-$name.time.json"
+done
 
 step "9/10 training dynamics (Fig. 6)"
 "${HP[@]}" plot-dynamics "$SAVE" --out-dir "$RES"
