@@ -74,6 +74,11 @@ def test_multi30k_paper_tiny(tmp_path):
     cross = json.loads((res / "cross_domain.json").read_text())
     assert f"Pearson r = {cross['pearson']:.2f} (test vs test2, 24 heads)" in findings
     assert "`bash recipes/multi30k-paper.sh --tiny" in findings
+    bud = json.loads((res / "budgets.json").read_text())
+    plain = next(r for r in bud["rows"] if r["key"] == "heads:50%|importance|none")
+    assert f"no repair: {plain['bleu']:.2f}" in findings
+    assert json.loads((res / "prune-half.time.json").read_text())["budget"] == "heads:50%"
+    assert "chosen on 8 of 24 sentences of `test`" in (res / "one_head.md").read_text()
     report = (res / "report.md").read_text()
     for section in ("The paper's findings against ours", "Single-head ablation", "Cross-domain",
                     "Budgets without retraining", "Training dynamics", "Speed"):

@@ -212,10 +212,41 @@ def _speed(d: str) -> Optional[tuple]:
             + "; ".join(bits), "bench.json (Table 4)")
 
 
+def _budgets(d: str) -> Optional[tuple]:
+    """Half of the heads removed without retraining: plain removal by importance against
+    the best (non-random) order and repair; the largest heads budget within 1 point."""
+    b = _load(os.path.join(d, "budgets.json"))
+    if not b:
+        return None
+    m = (b["settings"].get("metrics") or ["bleu"])[0]
+    unit, base = UNITS.get(m, m), b["baseline"][m]
+    rows = [r for r in b["rows"] if r["order"] != "random" and r["budget"].startswith("heads:")]
+    half = [r for r in rows if r["budget"] == "heads:50%"]
+    plain = next((r for r in half if r["order"] == "importance" and r["repair"] == "none"), None)
+    if not half or plain is None:
+        return None
+    best = max(half, key=lambda r: r[m])
+    lost = base - plain[m]
+    recovered = (f"; recovers {100 * (best[m] - plain[m]) / lost:.0f}% of the loss"
+                 if lost > 0 else "")
+    within = [r for r in rows if base - r[m] < 1.0]
+    top = max(within, key=lambda r: (r["removed"], r[m])) if within else None
+    ours = (f"{unit} {base:.2f} unpruned; half removed by importance, no repair: {plain[m]:.2f}; "
+            f"best: {best['order']} order + {best['repair']} repair {best[m]:.2f}{recovered}; "
+            + (f"most heads removed at < 1 point loss: {top['removed']} of "
+               f"{b['baseline']['heads']} ({top['budget']}, {top['order']} + {top['repair']})"
+               if top else "no budget stays within 1 point"))
+    cal = b["settings"].get("calibration") or {}
+    return (f"Heads removed without retraining, repaired on {cal.get('sentences', 0):,} "
+            f"{cal.get('subset', 'train')} sentences",
+            "not studied: the paper prunes without repair (retraining-free repair: Kwon et al. "
+            "2022, FLAP 2024, encoders only)", ours, "budgets.json")
+
+
 def findings(results_dir: str, random_dir: Optional[str] = None) -> str:
     rows = [r for r in [_ablation(results_dir), _one_head(results_dir), *_curves(results_dir),
                         _random(random_dir, results_dir), _cross(results_dir),
-                        _dynamics(results_dir), _speed(results_dir)] if r]
+                        _dynamics(results_dir), _speed(results_dir), _budgets(results_dir)] if r]
     lines = ["| finding | paper (its data) | ours | from |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"
