@@ -9,7 +9,7 @@ set -euo pipefail
 usage() {
   cat <<EOF
 usage: $(basename "$0") [--quick|--tiny] [--out DIR] [--data DIR] [--model CKPT --bin DIR]
-  --quick        ~5 minutes: less data, a shorter training, coarser curves
+  --quick        ~5 minutes: less data (60 test sentences), a short training, coarse curves
   --tiny         a smoke test of every stage (CI), well under a minute of work
   --out DIR      work folder (default: runs/demo or runs/demo-quick)
   --data DIR     Multi30k raw folder (default: ../shared/data/multi30k, else download)
@@ -22,7 +22,7 @@ EOF
 }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-QUICK=0 TINY=0 OUT="" DATA_RAW="" MODEL="" BIN="" SELECT=()
+QUICK=0 TINY=0 OUT="" DATA_RAW="" MODEL="" BIN="" SELECT=() MODES="full mask prune"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
@@ -57,10 +57,11 @@ if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   UPDATES=30; IMP_SENT=2000; MAX_TOKENS=4096; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
   BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 8)
 elif [ "$QUICK" = 1 ]; then
-  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=100
-  UPDATES=160; WARMUP=60; STEP=0.25; DIM=64; ABLATE="A:6:*"; EVAL=60; KINDS_1H=A
-  IMP_SENT=1000; MAX_TOKENS=2048; SELECT=(--select-sentences 20)
-  BENCH=(--batch-sizes 16 --beams 1,5 --bench-sentences 32 --repeats 2 --fixed-length 20)
+  OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=60
+  UPDATES=150; WARMUP=60; STEP=0.25; DIM=64; ABLATE="A:6:*"; EVAL=60; KINDS_1H=A
+  IMP_SENT=1000; MAX_TOKENS=2048; SELECT=(--select-sentences 10)
+  MODES="mask prune"  # (the full model's BLEU is the curves' 0% point)
+  BENCH=(--batch-sizes 16 --beams 1,5 --bench-sentences 16 --repeats 2 --fixed-length 20)
 else
   OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
   UPDATES=1000; IMP_SENT=2000; MAX_TOKENS=4096; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
@@ -86,14 +87,14 @@ GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a
 T0=$(date +%s)
 
 if [ -n "$MODEL" ]; then
-step "1-2/9 given: $MODEL on $BIN (no data preparation, no training)"
+step "1-2/8 given: $MODEL on $BIN (no data preparation, no training)"
 else
-step "1/9 data: Multi30k de->en, Moses tokenization, BPE ($MERGES merges), fairseq-preprocess"
+step "1/8 data: Multi30k de->en, Moses tokenization, BPE ($MERGES merges), fairseq-preprocess"
 prep=(--out "$DATA" --max-train "$MAX_TRAIN" --max-test "$MAX_TEST" --bpe-merges "$MERGES" --workers 2)
 [ -n "$DATA_RAW" ] && prep+=(--local "$DATA_RAW")
 bash "$root/data-prep/prepare-multi30k.sh" "${prep[@]}"
 
-step "2/9 fairseq-train: 6+6 layers, 8 heads, d=$DIM, $UPDATES updates (task translation_headprune)"
+step "2/8 fairseq-train: 6+6 layers, 8 heads, d=$DIM, $UPDATES updates (task translation_headprune)"
 fi
 if [ -n "$MODEL" ]; then
   :
@@ -116,9 +117,9 @@ else
   echo "skip (done): $CKPT"
 fi
 
-step "3/9 fairseq-generate: full model, --mask-heads, --prune-heads (same spec: same hypotheses)"
+step "3/8 fairseq-generate: ${MODES// /, } (--mask-heads and --prune-heads with one spec: same hypotheses)"
 mkdir -p "$RES"
-for mode in full mask prune; do
+for mode in $MODES; do
   out="$RES/generate.$mode.txt"
   [ -s "$out" ] && { echo "skip (done): $out"; continue; }
   extra=()
@@ -127,7 +128,7 @@ for mode in full mask prune; do
   fairseq-generate "$DATA_BIN" --path "$CKPT" --user-dir "$USER_DIR" --task translation_headprune \
     "${GEN[@]}" "${extra[@]}" 2>/dev/null > "$out.tmp" && mv "$out.tmp" "$out"
 done
-for mode in full mask prune; do
+for mode in $MODES; do
   printf "%-6s %s\n" "$mode" "$(tail -n 1 "$RES/generate.$mode.txt")"
 done
 if cmp -s <(grep ^H- "$RES/generate.mask.txt") <(grep ^H- "$RES/generate.prune.txt"); then
@@ -137,23 +138,20 @@ else
 fi
 
 HP=(fairseq-headprune)
-step "4/9 importance on $IMP_SENT $IMP_SUBSET sentences"
-[ -f "$RES/importance.json" ] || "${HP[@]}" importance "$DATA_BIN" --path "$CKPT" "${GEN[@]}" \
-  --results-dir "$RES" --importance-subset "$IMP_SUBSET" --importance-max-sentences "$IMP_SENT"
+step "4/8 importance on $IMP_SENT $IMP_SUBSET sentences, then pruning curves: E, A, D and all kinds (importance order)"
+# (one command: the curve estimates the importance it ranks by and saves importance.json)
+"${HP[@]}" curve "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --per-kind \
+  --prune-step "$STEP" --importance-subset "$IMP_SUBSET" --importance-max-sentences "$IMP_SENT"
 
-step "5/9 pruning curves: E, A, D and all kinds (importance order)"
-"${HP[@]}" curve "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
-  --importance "$RES/importance.json" --per-kind --prune-step "$STEP"
-
-step "6/9 keep only the best head per layer, $KINDS_1H (paper Table 2)"
+step "5/8 keep only the best head per layer, $KINDS_1H (paper Table 2)"
 "${HP[@]}" one-head "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" \
   --kinds "$KINDS_1H" --max-eval-sentences "$EVAL" "${SELECT[@]}"
 
-step "7/9 single-head ablation of $ABLATE with paired bootstrap (paper Table 1)"
+step "6/8 single-head ablation of $ABLATE with paired bootstrap (paper Table 1)"
 "${HP[@]}" ablate "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --heads "$ABLATE" \
   --max-eval-sentences "$EVAL"
 
-step "8/9 export: remove 50% of the heads by importance; speed of full, masked, removed"
+step "7/8 export: remove 50% of the heads by importance; speed of full, masked, removed"
 [ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$DATA_BIN" --path "$CKPT" --cpu \
   --results-dir "$RES" --prune-ratio 0.5 --importance "$RES/importance.json" --out "$RES/pruned50.pt"
 fairseq-generate "$DATA_BIN" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
@@ -161,7 +159,7 @@ fairseq-generate "$DATA_BIN" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
 [ -f "$RES/bench.json" ] || "${HP[@]}" bench "$DATA_BIN" --path "$CKPT" --cpu --results-dir "$RES" \
   --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
 
-step "9/9 report"
+step "8/8 report"
 "${HP[@]}" report "$RES"
 echo
 echo "[demo] done in $(( $(date +%s) - T0 )) s; report: $RES/report.md"
