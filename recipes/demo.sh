@@ -84,6 +84,9 @@ USER_DIR="$root/fairseq_headprune"
 # masked model babbles up to fairseq's default limit of 200 tokens otherwise.
 GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a 1.2 --max-len-b 10)
 [ "$TINY" = 1 ] && GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a 0 --max-len-b 12)
+# fairseq-generate batches by multiples of 8 sentences and drops the remainder of the
+# last batch unless told otherwise; the commands below always score every sentence
+FGEN=("${GEN[@]}" --required-batch-size-multiple 1)
 T0=$(date +%s)
 
 if [ -n "$MODEL" ]; then
@@ -126,7 +129,7 @@ for mode in $MODES; do
   [ "$mode" = mask ] && extra=(--mask-heads "$SPEC")
   [ "$mode" = prune ] && extra=(--prune-heads "$SPEC")
   fairseq-generate "$DATA_BIN" --path "$CKPT" --user-dir "$USER_DIR" --task translation_headprune \
-    "${GEN[@]}" "${extra[@]}" 2>/dev/null > "$out.tmp" && mv "$out.tmp" "$out"
+    "${FGEN[@]}" "${extra[@]}" 2>/dev/null > "$out.tmp" && mv "$out.tmp" "$out"
 done
 for mode in $MODES; do
   printf "%-6s %s\n" "$mode" "$(tail -n 1 "$RES/generate.$mode.txt")"
@@ -154,8 +157,19 @@ step "6/8 single-head ablation of $ABLATE with paired bootstrap (paper Table 1)"
 step "7/8 export: remove 50% of the heads by importance; speed of full, masked, removed"
 [ -f "$RES/pruned50.pt" ] || "${HP[@]}" export "$DATA_BIN" --path "$CKPT" --cpu \
   --results-dir "$RES" --prune-ratio 0.5 --importance "$RES/importance.json" --out "$RES/pruned50.pt"
-fairseq-generate "$DATA_BIN" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
-  --task translation_headprune "${GEN[@]}" 2>/dev/null | tail -n 1 | sed 's/^/pruned50.pt: /'
+last=$(fairseq-generate "$DATA_BIN" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
+  --task translation_headprune "${FGEN[@]}" 2>/dev/null | tail -n 1)
+echo "pruned50.pt: $last"
+half=$(python - "$RES/curve.json" <<'PY'
+import json, sys
+points = json.load(open(sys.argv[1]))["curves"]["all"]
+print(next((f"{p['bleu']:.2f}" for p in points if abs(p["share_masked"] - 0.5) < 1e-9), ""))
+PY
+)
+if [ -n "$half" ]; then
+  [[ "$last" == *"BLEU4 = $half,"* ]] || fail "pruned50.pt scores differently from the curve's 50% point (BLEU $half)"
+  echo "the same BLEU as the curve's 50% point, where those heads were masked ($half)"
+fi
 [ -f "$RES/bench.json" ] || "${HP[@]}" bench "$DATA_BIN" --path "$CKPT" --cpu --results-dir "$RES" \
   --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
 
