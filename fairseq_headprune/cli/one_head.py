@@ -12,7 +12,7 @@ one_head.json (resumable), one_head.csv and one_head.md.
 import os
 
 from ..analysis import significance
-from ..analysis.scoring import CLASS_METRICS, METRICS, score
+from ..analysis.scoring import CLASS_METRICS, METRIC_LABELS, METRICS, score
 from ..heads import KIND_NAMES, HeadSet, parse_kinds
 from ..models.head_model import attention_modules
 from ..results import load_resumable, write_csv, write_json, write_text
@@ -131,7 +131,8 @@ def one_head_markdown(rows, baseline, alpha, settings=None) -> str:
     kinds = [k for k in ("E", "A", "D") if any(r["kind"] == k for r in rows)]
     layers = sorted({r["layer"] for r in rows})
     cell = {(r["kind"], r["layer"]): r for r in rows}
-    lines = [f"Keeping only the best head of one layer: change in {baseline['metric']} "
+    lines = [f"Keeping only the best head of one layer: change in "
+             f"{METRIC_LABELS.get(baseline['metric'], baseline['metric'])} "
              f"(full model {baseline['score']:.2f}); **bold** = significant (paired bootstrap, p < {alpha}; "
              f"a layer whose output or score did not change is never significant).{chosen}",
              "", "| Layer | " + " | ".join(f"{KIND_NAMES[k]} (best head)" for k in kinds) + " |",

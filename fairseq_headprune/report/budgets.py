@@ -8,6 +8,7 @@ import os
 import statistics
 from typing import Dict, List
 
+from ..analysis.scoring import METRIC_LABELS
 from ..errors import HeadPruneError
 from ..results import read_json, write_csv, write_text
 from . import plots
@@ -15,7 +16,6 @@ from . import plots
 FILE = "budgets.json"
 REPAIR_NAMES = {"none": "no repair", "bias": "bias compensation",
                 "lstsq": "bias + least-squares rescaling"}
-METRIC_NAMES = {"bleu": "BLEU", "accuracy": "accuracy"}
 
 
 def metrics(settings: dict) -> List[str]:
@@ -61,7 +61,7 @@ def markdown(obj: dict) -> str:
     speed = any(r["predicted_speedup"] is not None for r in obj["rows"])
     lat = s.get("latency") or {}
     m = metrics(s)[0]
-    name = METRIC_NAMES.get(m, m)
+    name = METRIC_LABELS.get(m, m)
     what = "BLEU (tokenized)" if m == "bleu" else name
     lines = [f"## Heads removed without retraining: {name} by budget, order and repair", "",
              f"Unpruned model: {base[m]:.2f} {what}, {base['parameters']:,} parameters; "
@@ -129,7 +129,7 @@ def plot(obj: dict, path: str) -> str:
         ax.set_title(REPAIR_NAMES.get(repair, repair))
         ax.set_xlabel(f"% of the {base['heads']} heads removed")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("BLEU (tokenized)" if m == "bleu" else f"{METRIC_NAMES.get(m, m)} (%)")
+    axes[0][0].set_ylabel("BLEU (tokenized)" if m == "bleu" else f"{METRIC_LABELS.get(m, m)} (%)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Heads removed without retraining, by order and repair "
                  f"({s['eval_data'].get('subset')}" + (f", beam {s['beam']})" if m == "bleu" else ")"))

@@ -17,6 +17,7 @@
 import os
 from typing import Dict, List, Optional, Sequence
 
+from ..analysis.scoring import METRIC_LABELS
 from ..errors import HeadPruneError
 from ..results import read_json, write_csv, write_json
 from . import plots
@@ -25,7 +26,6 @@ JSONL_FILE = "head_dynamics.jsonl"  # analysis.dynamics.DEFAULT_FILE (kept free 
 PLOT_FILE = "dynamics.json"
 PLOT_FORMAT = "fairseq-headprune/dynamics-plot-v1"
 METRICS = ("bleu", "sacrebleu")
-METRIC_LABELS = {"bleu": "BLEU", "sacrebleu": "sacreBLEU"}
 DEFAULT_LEVELS = tuple(x / 10 for x in range(1, 10))
 PNGS = ("dynamics_by_epoch.png", "dynamics_by_level.png")
 

@@ -9,6 +9,7 @@ import argparse
 import os
 from typing import List, Optional
 
+from ..analysis.scoring import METRIC_LABELS as UNITS
 from ..heads import KIND_NAMES
 from ..results import read_json, write_text
 
@@ -25,7 +26,6 @@ PAPER = {
                              "BERT on MNLI)",
                  "curve": "~40% for BERT on MNLI (Fig. 3); ~20% for the WMT model"},
 }
-UNITS = {"bleu": "BLEU", "accuracy": "accuracy"}
 
 
 def _metric(d: str) -> str:
