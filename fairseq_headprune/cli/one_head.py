@@ -4,8 +4,9 @@ For each attention kind and layer: keep only one head in that layer (its other h
 masked, the rest of the model intact), choose the head that scores best on
 --select-subset (default: the evaluation subset, as the paper's Table 2; the paper's
 appendix chose on another set; --select-sentences N chooses on a seeded sample of N of
-its sentences, 8x cheaper for 8 heads than choosing on a whole test set), and report that configuration's change on the
-evaluation subset (--gen-subset) with sacrebleu's paired bootstrap. Writes
+its sentences, for 8 heads 8x cheaper than choosing on a whole test set), and report
+that configuration's change on the evaluation subset (--gen-subset) with sacrebleu's
+paired bootstrap. Writes
 one_head.json (resumable), one_head.csv and one_head.md.
 """
 
@@ -56,7 +57,8 @@ def main(argv):
         chooser = session.evaluator(session.select(session.data_spec(
             select, args.select_sentences or args.max_eval_sentences, seed=args.eval_seed)))
     settings = {"path": os.path.abspath(args.path), "eval_data": sel.describe(),
-                "select_subset": select, "select_data": chooser.selection.describe(), "metric": args.metric, "kinds": list(kinds),
+                "select_subset": select, "select_data": chooser.selection.describe(),
+                "metric": args.metric, "kinds": list(kinds),
                 "mask_heads": session.fixed_mask.to_spec(), "beam": args.beam, "lenpen": args.lenpen,
                 "bootstrap_samples": args.bootstrap_samples, "bootstrap_seed": args.bootstrap_seed,
                 "alpha": args.alpha}
