@@ -6,8 +6,7 @@ masked, the rest of the model intact), choose the head that scores best on
 appendix chose on another set; --select-sentences N chooses on a seeded sample of N of
 its sentences, for 8 heads 8x cheaper than choosing on a whole test set), and report
 that configuration's change on the evaluation subset (--gen-subset) with sacrebleu's
-paired bootstrap. Writes
-one_head.json (resumable), one_head.csv and one_head.md.
+paired bootstrap. Writes one_head.json (resumable), one_head.csv and one_head.md.
 """
 
 import os
