@@ -54,7 +54,8 @@ fi
 if [ -n "$MODEL" ] && [ -z "$OUT" ]; then OUT=runs/demo-model; fi
 if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   OUT=${OUT:-runs/demo-tiny}; MAX_TRAIN=500; MERGES=500; MAX_TEST=30
-  UPDATES=30; IMP_SENT=2000; MAX_TOKENS=4096; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
+  UPDATES=30; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
+  IMP_SENT=2000; MAX_TOKENS=4096
   BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 8)
 elif [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=60
@@ -64,7 +65,8 @@ elif [ "$QUICK" = 1 ]; then
   BENCH=(--batch-sizes 16 --beams 1,5 --bench-sentences 16 --repeats 2 --fixed-length 20)
 else
   OUT=${OUT:-runs/demo}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=500
-  UPDATES=1000; IMP_SENT=2000; MAX_TOKENS=4096; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
+  UPDATES=1000; WARMUP=300; STEP=0.1; DIM=64; ABLATE="A:*:*"; EVAL=200; KINDS_1H=A
+  IMP_SENT=2000; MAX_TOKENS=4096
   BENCH=(--batch-sizes 1,4,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
 fi
 if [ -n "$MODEL" ]; then  # a user's model: every A head ablated
@@ -80,10 +82,10 @@ if [ -n "$MODEL" ]; then
   ls "$BIN"/train.*.idx >/dev/null 2>&1 || IMP_SUBSET=valid
 fi
 USER_DIR="$root/fairseq_headprune"
-# Hypotheses at most 1.2 x source + 10 tokens (as the epoch curves): a weak or heavily
-# masked model babbles up to fairseq's default limit of 200 tokens otherwise.
-GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a 1.2 --max-len-b 10)
-[ "$TINY" = 1 ] && GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000 --max-len-a 0 --max-len-b 12)
+# Hypotheses at most 1.2 x source + 10 tokens (as the epoch curves; 12 in --tiny mode): a
+# weak or heavily masked model babbles up to fairseq's default limit of 200 otherwise.
+GEN=(--gen-subset test --beam 5 --remove-bpe --cpu --max-tokens 4000)
+if [ "$TINY" = 1 ]; then GEN+=(--max-len-a 0 --max-len-b 12); else GEN+=(--max-len-a 1.2 --max-len-b 10); fi
 # fairseq-generate batches by multiples of 8 sentences and drops the remainder of the
 # last batch unless told otherwise; the commands below always score every sentence
 FGEN=("${GEN[@]}" --required-batch-size-multiple 1)
@@ -141,7 +143,7 @@ else
 fi
 
 HP=(fairseq-headprune)
-step "4/8 importance on $IMP_SENT $IMP_SUBSET sentences, then pruning curves: E, A, D and all kinds (importance order)"
+step "4/8 importance on $IMP_SENT $IMP_SUBSET sentences; pruning curves by importance: E, A, D, all"
 # (one command: the curve estimates the importance it ranks by and saves importance.json)
 "${HP[@]}" curve "$DATA_BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --per-kind \
   --prune-step "$STEP" --importance-subset "$IMP_SUBSET" --importance-max-sentences "$IMP_SENT"
