@@ -166,7 +166,8 @@ step "7/8 export: remove 50% of the heads by importance; speed of full, masked, 
 fairseq-generate "$DATA_BIN" --path "$RES/pruned50.pt" --user-dir "$USER_DIR" \
   --task translation_headprune "${FGEN[@]}" 2>/dev/null > "$RES/generate.pruned50.txt"
 echo "pruned50.pt: $(tail -n 1 "$RES/generate.pruned50.txt")"
-# its hypotheses scored as the curve scores (sacrebleu, tokenized BLEU) == the 50% point
+# its hypotheses scored with sacrebleu as the curve scores them (tokenized BLEU) == the 50%
+# point: an independent re-derivation, and sacrebleu imports in 0.2 s (the package: 9 s)
 python - "$RES/curve.json" "$RES/generate.pruned50.txt" <<'PY' || fail "pruned50.pt scores differently from the curve's 50% point"
 import json, sys
 from sacrebleu.metrics import BLEU

@@ -134,12 +134,12 @@ def prepare(name: str, lines: Sequence[str], lang: str) -> List[str]:
 
 def score(name: str, hyps: Sequence[str], refs: Sequence[str], lang: str = "en") -> Dict:
     """{'metric', 'score', 'signature'} of a corpus."""
+    if name in CLASS_METRICS:  # (checks its inputs itself)
+        return class_scores([name], hyps, refs)[name]
     if len(hyps) != len(refs):
         raise HeadPruneError(f"{len(hyps)} hypotheses but {len(refs)} references")
     if not hyps:
         raise HeadPruneError("nothing to score: the evaluation subset is empty")
-    if name in CLASS_METRICS:
-        return class_scores([name], hyps, refs)[name]
     m = metric(name)
     result = m.corpus_score(prepare(name, hyps, lang), [prepare(name, refs, lang)])
     return {"metric": name, "score": float(result.score), "signature": str(m.get_signature())}
