@@ -164,8 +164,11 @@ def add_eval_args(group):
                             "rows per batch, at most 16)")
 
 
-def eval_selection(session: Session, args, subset: str):
-    return session.select(session.data_spec(subset, args.max_eval_sentences, seed=args.eval_seed))
+def eval_selection(session: Session, args, subset: str, max_sentences: Optional[int] = None):
+    """The seeded --eval-seed sample of ``subset``: ``max_sentences`` sentences, default
+    --max-eval-sentences (none: all)."""
+    return session.select(session.data_spec(subset, max_sentences or args.max_eval_sentences,
+                                            seed=args.eval_seed))
 
 
 def add_bootstrap_args(group):

@@ -53,8 +53,7 @@ def main(argv):
     if select == args.gen_subset and not args.select_sentences:
         chooser = evaluate
     else:
-        chooser = session.evaluator(session.select(session.data_spec(
-            select, args.select_sentences or args.max_eval_sentences, seed=args.eval_seed)))
+        chooser = session.evaluator(eval_selection(session, args, select, args.select_sentences))
     settings = {"path": os.path.abspath(args.path), "eval_data": sel.describe(),
                 "select_subset": select, "select_data": chooser.selection.describe(),
                 "metric": args.metric, "kinds": list(kinds),
