@@ -116,7 +116,7 @@ step "8/10 budgets without retraining: 25/50/75% of heads x orders (ablation ord
 # half the heads repaired by least squares, and a decoding speed-up at beam 5, batch 16
 for b in "${PRUNES[@]}"; do
   read -r budget repair name <<< "$b"
-  [ -f "$RES/prune-$name.pt" ] && continue
+  [ -f "$RES/prune-$name.time.json" ] && continue  # (written last: the run is complete)
   t=$(date +%s)
   "${HP[@]}" prune "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" "${IMP[@]}" \
     --budget "$budget" --repair "$repair" --calibration-sentences "$CAL" "${LAT[@]}" \
