@@ -36,6 +36,7 @@ def test_one_head_table(data_dir, trained_ckpt, tmp_path):
     assert row["p_value"] == res["BLEU"][1].p_value
     md = (tmp_path / "one_head.md").read_text()
     assert f"{row['delta']:+.2f}" in md and "encoder-decoder attention" in md
+    assert "change in BLEU (full model" in md
 
 
 def test_one_head_chooses_on_a_sample(data_dir, trained_ckpt, tmp_path):

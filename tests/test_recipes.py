@@ -21,6 +21,11 @@ def test_demo_tiny(tmp_path):
     p = recipe("demo.sh", "--tiny", "--out", out)
     assert "masked and pruned hypotheses are identical" in p.stdout
     res = out / "results"
+    # fairseq-generate scores all 30 test sentences (its default batch multiple of 8
+    # dropped 6), and the exported checkpoint scores the curve's 50% point
+    hyps = [l for l in (res / "generate.mask.txt").read_text().splitlines() if l.startswith("H-")]
+    assert len(hyps) == 30
+    assert "the curve's 50% point, where those heads were masked" in p.stdout
     report = (res / "report.md").read_text()
     for section in ("Head importance", "Pruning curves", "Keeping one head per layer",
                     "Single-head ablation", "Exported pruned checkpoints", "Speed"):
