@@ -66,6 +66,8 @@ prep=(--out "$DATA" --max-train "$MAX_TRAIN" --max-test "$MAX_TEST" --bpe-merges
 [ -n "$DATA_RAW" ] && prep+=(--local "$DATA_RAW")
 bash "$root/data-prep/prepare-multi30k.sh" "${prep[@]}"
 
+# dropout 0.1 and lr 2e-3: with dropout 0.3 and lr 1e-3 a d=128 model still underfitted
+# after 9 epochs (valid nll 4.1 bits, BLEU 15), far from converging in 90 minutes here
 step "2/10 fairseq-train: $LAYERS+$LAYERS layers, $HEADS heads, d=$DIM, $EPOCHS epochs, a pruning curve every epoch"
 mkdir -p "$SAVE" "$RES"
 if [ ! -f "$SAVE/.done" ]; then
@@ -74,8 +76,8 @@ if [ ! -f "$SAVE/.done" ]; then
     --encoder-attention-heads $HEADS --decoder-attention-heads $HEADS \
     --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM" \
     --encoder-ffn-embed-dim $((4 * DIM)) --decoder-ffn-embed-dim $((4 * DIM)) \
-    --share-decoder-input-output-embed --dropout 0.3 --weight-decay 0.0001 \
-    --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt \
+    --share-decoder-input-output-embed --dropout 0.1 --weight-decay 0.0001 \
+    --optimizer adam --adam-betas '(0.9, 0.98)' --lr 2e-3 --lr-scheduler inverse_sqrt \
     --warmup-updates $WARMUP --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
     --max-tokens 2048 --max-epoch "$EPOCHS" --save-dir "$SAVE" --keep-last-epochs 1 \
     --prune-curve-every-epoch "${CURVE_EPOCH[@]}" --cpu --seed 1 --num-workers 0 \
