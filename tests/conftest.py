@@ -1,7 +1,8 @@
 """Shared fixtures: a small real Multi30k de->en data set (sacremoses + subword-nmt +
 fairseq-preprocess, through data-prep/prepare-multi30k.sh) and a small model trained
 on it by the real fairseq-train. Both are built once per session; set
-HEADPRUNE_TEST_CACHE=DIR to keep them between sessions while developing."""
+HEADPRUNE_TEST_CACHE=DIR to keep them between sessions while developing. pytest.ini runs
+the test files on parallel pytest-xdist workers, which build these once and share them."""
 
 import os
 import shutil
@@ -9,6 +10,12 @@ import subprocess
 import sys
 
 import pytest
+from filelock import FileLock
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # one thread per worker (and per command it starts): workers that each run torch on
+    # every core slow each other down several times over
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("HEADPRUNE_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
@@ -71,12 +78,22 @@ def run_gloo_workers(cmd, world: int = 2, timeout: int = 300):
 
 
 def _cache_dir(tmp_path_factory, name):
+    """A folder shared by this run's xdist workers (or HEADPRUNE_TEST_CACHE/name); build
+    what goes in it under ``_building``."""
     base = os.environ.get("HEADPRUNE_TEST_CACHE")
-    if base:
-        path = os.path.join(base, name)
-        os.makedirs(path, exist_ok=True)
-        return path
-    return str(tmp_path_factory.mktemp(name))
+    if not base:
+        base = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent  # each worker's basetemp is a folder of the run's
+        base = os.path.join(base, "shared")
+    path = os.path.join(base, name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _building(path):
+    """A lock on ``path``: the first worker builds it, the others wait and reuse it."""
+    return FileLock(path.rstrip(os.sep) + ".lock")
 
 
 @pytest.fixture(scope="session")
@@ -86,37 +103,56 @@ def data_dir(tmp_path_factory):
     as the demo does, and test3 is the mscoco test set (test2, the other domain); the
     tests that need the data skip, saying why, only where that download fails."""
     out = os.path.join(_cache_dir(tmp_path_factory, "data"), "m30k")
+    with _building(out):
+        _prepare_multi30k(out)
+    return os.path.join(out, "bin")
+
+
+def _prepare_multi30k(out):
     if not os.path.isdir(os.path.join(out, "bin")):
-        cmd = ["bash", os.path.join(ROOT, "data-prep", "prepare-multi30k.sh"), "--out", out,
-               "--max-train", "6000", "--max-test", "120", "--bpe-merges", "2000"]
-        if os.path.isdir(os.path.join(SHARED, "multi30k")):
-            run(cmd + ["--local", os.path.join(SHARED, "multi30k"),
-                       "--ood", os.path.join(SHARED, "iwslt14-test")])
-        else:
-            p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if p.returncode != 0:
-                last = (p.stderr.strip().splitlines() or ["?"])[-1]
-                pytest.skip(f"no shared data at {SHARED} and Multi30k could not be downloaded "
-                            f"({last})")
-            bin_dir = os.path.join(out, "bin")
+        _prepare("prepare-multi30k.sh", out, "--max-train", "6000", "--max-test", "120",
+                 "--bpe-merges", "2000", ood=True)
+        bin_dir = os.path.join(out, "bin")
+        if not os.path.isdir(os.path.join(SHARED, "multi30k")):
             for name in os.listdir(bin_dir):
                 if name.startswith("test2."):
                     shutil.copy(os.path.join(bin_dir, name),
                                 os.path.join(bin_dir, "test3." + name[len("test2."):]))
-    return os.path.join(out, "bin")
+
+
+def prepare_command(script, out, *args, ood=False):
+    """data-prep/SCRIPT on ../shared/data/multi30k when it exists, else on Multi30k
+    downloaded as the demo does."""
+    cmd = ["bash", os.path.join(ROOT, "data-prep", script), "--out", str(out), *args]
+    if os.path.isdir(os.path.join(SHARED, "multi30k")):
+        cmd += ["--local", os.path.join(SHARED, "multi30k")]
+        cmd += ["--ood", os.path.join(SHARED, "iwslt14-test")] if ood else []
+    return cmd
+
+
+def _prepare(script, out, *args, ood=False):
+    """``prepare_command``; skips the test, saying why, where the download fails."""
+    p = subprocess.run(prepare_command(script, out, *args, ood=ood), capture_output=True,
+                       text=True, cwd=ROOT)
+    if p.returncode != 0:
+        if os.path.isdir(os.path.join(SHARED, "multi30k")):
+            raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+        last = (p.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"no shared data at {SHARED} and Multi30k could not be downloaded ({last})")
+
+
+PAIRS_ARGS = ("--max-train", "200", "--max-test", "20", "--bpe-merges", "300")
 
 
 @pytest.fixture(scope="session")
 def pairs_dir(tmp_path_factory):
     """data-prep/prepare-pairs.sh on the first 200 Multi30k training pairs and 20 of each
-    test set: fairseq's sentence_prediction layout (input0/, input1/, label/)."""
+    test set: fairseq's sentence_prediction layout (input0/, input1/, label/). Without
+    ../shared/data, on Multi30k downloaded as ``data_dir`` does."""
     out = os.path.join(_cache_dir(tmp_path_factory, "data"), "pairs")
-    if not os.path.isdir(os.path.join(out, "bin", "label")):
-        if not os.path.isdir(os.path.join(SHARED, "multi30k")):
-            pytest.skip(f"shared data not found at {SHARED}")
-        run(["bash", os.path.join(ROOT, "data-prep", "prepare-pairs.sh"), "--out", out,
-             "--local", os.path.join(SHARED, "multi30k"), "--max-train", "200",
-             "--max-test", "20", "--bpe-merges", "300"])
+    with _building(out):
+        if not os.path.isdir(os.path.join(out, "bin", "label")):
+            _prepare("prepare-pairs.sh", out, *PAIRS_ARGS)
     return out
 
 
@@ -135,15 +171,20 @@ def classifier_ckpt(pairs_dir, tmp_path_factory):
     masking heads changes predictions (test accuracy 57.5%, chance 50%)."""
     save = os.path.join(_cache_dir(tmp_path_factory, "ckpt"), "classifier")
     ckpt = os.path.join(save, "checkpoint_last.pt")
-    if not os.path.exists(ckpt):
-        shutil.rmtree(save, ignore_errors=True)
-        run(["fairseq-train", os.path.join(pairs_dir, "bin"), "--task", "sentence_prediction",
-             *CLASSIFIER_ARCH, "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "fixed",
-             "--batch-size", "16", "--max-update", "200", "--dropout", "0.1",
-             "--disable-validation", "--save-interval", "1000",
-             "--save-dir", save, "--no-epoch-checkpoints", "--cpu", "--seed", "1",
-             "--num-workers", "0", "--no-progress-bar", "--log-interval", "100"])
+    with _building(save):
+        if not os.path.exists(ckpt):
+            _train_classifier(pairs_dir, save)
     return ckpt
+
+
+def _train_classifier(pairs_dir, save):
+    shutil.rmtree(save, ignore_errors=True)
+    run(["fairseq-train", os.path.join(pairs_dir, "bin"), "--task", "sentence_prediction",
+         *CLASSIFIER_ARCH, "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "fixed",
+         "--batch-size", "16", "--max-update", "200", "--dropout", "0.1",
+         "--disable-validation", "--save-interval", "1000",
+         "--save-dir", save, "--no-epoch-checkpoints", "--cpu", "--seed", "1",
+         "--num-workers", "0", "--no-progress-bar", "--log-interval", "100"])
 
 
 @pytest.fixture(scope="session")
@@ -175,9 +216,10 @@ def trained_ckpt(data_dir, tmp_path_factory):
     """A tiny model trained by stock fairseq (task 'translation', no user dir)."""
     save = os.path.join(_cache_dir(tmp_path_factory, "ckpt"), "stock")
     ckpt = os.path.join(save, "checkpoint_last.pt")
-    if not os.path.exists(ckpt):
-        shutil.rmtree(save, ignore_errors=True)
-        train(data_dir, save, updates=900, user_dir=False)
+    with _building(save):
+        if not os.path.exists(ckpt):
+            shutil.rmtree(save, ignore_errors=True)
+            train(data_dir, save, updates=900, user_dir=False)
     return ckpt
 
 

@@ -258,6 +258,8 @@ def wmt_inputs(tmp_path_factory):
     """A stand-in for wmt14.en-fr.joined-dict.transformer (BPE codes learnt on FLORES
     en+fr, one joined dictionary covering every stand-in set, a placeholder model.pt) and
     FLORES devtest lines as stand-in newstest2009..2013 files."""
+    if not os.path.isdir(FLORES):  # (also a fixture of test_recipes.py, not skipped there)
+        pytest.skip(f"FLORES en-fr (the stand-in corpus) not found at {FLORES}")
     root = tmp_path_factory.mktemp("wmt_inputs")
     model, tests = root / "model", root / "tests"
     os.makedirs(model)

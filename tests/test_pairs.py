@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import ROOT, SHARED
+from conftest import PAIRS_ARGS, ROOT, prepare_command
 
 sys.path.insert(0, os.path.join(ROOT, "data-prep"))
 from make_pairs import jaccard, make_pairs, words  # noqa: E402
@@ -45,7 +45,6 @@ def test_fairseq_sentence_prediction_loads_the_pairs(pairs_dir):
     first = (out / "pairs" / "valid" / "valid.label").read_text().split("\n")[0]
     assert task.label_dictionary[int(task.dataset("valid")[0]["target"]) + task.label_dictionary.nspecial] == first
     # same options again: every step skipped, nothing rewritten
-    p = subprocess.run(["bash", os.path.join(ROOT, "data-prep", "prepare-pairs.sh"), "--out", str(out),
-                        "--local", os.path.join(SHARED, "multi30k"), "--max-train", "200",
-                        "--max-test", "20", "--bpe-merges", "300"], capture_output=True, text=True)
+    p = subprocess.run(prepare_command("prepare-pairs.sh", out, *PAIRS_ARGS), capture_output=True,
+                       text=True)
     assert p.returncode == 0 and "skip (done)" in p.stderr
