@@ -105,6 +105,6 @@ step "8/8 budgets without retraining; report and the paper's BERT findings again
   --calibration-sentences "$CAL" "${BUDGETS[@]}" > /dev/null
 python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
 provenance "$RES/findings.md" "$ARGS" "$T0" "$(grep -c "valid on 'valid'" "$SAVE/train.log")"
-"${HP[@]}" report "$RES" > /dev/null
+"${HP[@]}" report "$RES" --title "Are sixteen heads really better than one? The BERT experiments on a $LAYERS-layer x $HEADS-head fairseq encoder (d=$DIM), Multi30k sentence pairs" > /dev/null
 [ -z "$GALLERY" ] || copy_gallery "$RES" "$GALLERY"
 echo "[encoder-analysis] done in $(( $(date +%s) - T0 )) s: $RES/report.md, $RES/findings.md"

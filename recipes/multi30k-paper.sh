@@ -133,6 +133,6 @@ step "9/10 training dynamics (Fig. 6)"
 step "10/10 report and the paper's findings against ours"
 python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
 provenance "$RES/findings.md" "$ARGS" "$T0" "$(grep -c 'valid | epoch' "$SAVE/train.log")"
-"${HP[@]}" report "$RES" > /dev/null
+"${HP[@]}" report "$RES" --title "Are sixteen heads really better than one? Multi30k de-en, Transformer $LAYERS+$LAYERS layers x $HEADS heads, d=$DIM" > /dev/null
 [ -z "$GALLERY" ] || copy_gallery "$RES" "$GALLERY"
 echo "[multi30k-paper] done in $(( $(date +%s) - T0 )) s: $RES/report.md, $RES/findings.md"

@@ -227,7 +227,8 @@ def test_cross_domain_two_subsets_and_second_data_dir(data_dir, trained_ckpt, tm
     assert c["delta_a"] == da and c["delta_b"] == db and c["heads"] == [r["spec"] for r in a["heads"]]
     assert c["pearson"] == pytest.approx(float(np.corrcoef(da, db)[0, 1]), abs=1e-12)
     assert (out1 / "cross_domain.png").read_bytes()[:4] == b"\x89PNG"
-    assert "cross-domain test vs test3 (4 heads, bleu): Pearson r" in p.stdout
+    assert "cross-domain test vs test3 (4 heads, bleu): change in BLEU (tokenized)" in p.stdout
+    assert "Pearson r " in p.stdout
 
     # the out-of-domain set from another directory with the same dictionaries
     dir2 = tmp_path / "ood"

@@ -88,12 +88,25 @@ def test_multi30k_paper_tiny(tmp_path):
     for section in ("The paper's findings against ours", "Single-head ablation", "Cross-domain",
                     "Budgets without retraining", "Training dynamics", "Speed"):
         assert f"## {section}" in report, section
+    title = "# Are sixteen heads really better than one? Multi30k de-en, Transformer 2+2 layers x 4 heads, d=32\n"
+    assert report.startswith(title)
+    r = cross["pearson"]
+    assert f"Pearson r {'undefined' if r is None else f'{r:.2f}'}, Spearman" in report
+    # the dynamics table: epoch 2's unpruned BLEU and its BLEU with half the heads masked
+    dyn = json.loads((res / "dynamics.json").read_text())["lines"][1]
+    half = next(p["bleu"] for p in dyn["curve"] if p["fraction"] == 0.5)
+    rel = f" ({100 * half / dyn['unpruned']['bleu']:.0f}%)" if dyn["unpruned"]["bleu"] else ""
+    assert f"| 2 | {dyn['updates']:,} | {dyn['unpruned']['bleu']:.2f} | {half:.2f}{rel} |" in report
+    heads = json.loads((res / "prune-half.export.json").read_text())["parameters"]["heads"]
+    kept = ", ".join(f"{k} {heads[k]['before']} -> {heads[k]['after']}" for k in "EAD")
+    assert f"| `prune-half.pt` | {kept} |" in report
     assert not list(gal.glob("*.pt")) and (gal / "random" / "curve.json").exists()
     for png in gal.glob("*.png"):
         png.unlink()
     p = run(["fairseq-headprune", "report", str(gal), "--redraw"])
     for name in ("curve.png", "budgets.png", "bench.png", "dynamics_by_epoch.png", "ablation_E.png"):
         assert (gal / name).stat().st_size > 1000, name
+    assert (gal / "report.md").read_text().startswith(title)  # a redraw keeps the title
 
 
 def test_encoder_analysis_tiny(tmp_path):

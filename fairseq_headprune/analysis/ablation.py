@@ -494,7 +494,7 @@ def cross_domain(a: dict, b: dict, name_a: str = "a", name_b: str = "b") -> dict
         "format": CROSS_FORMAT, "metric": ma, "a": name_a, "b": name_b,
         "a_baseline": a["baseline"]["score"], "b_baseline": b["baseline"]["score"],
         "n": len(heads), "pearson": pearson(x, y), "spearman": spearman(x, y),
-        "per_kind": per_kind,
+        "per_kind": per_kind, "alpha": a.get("alpha"),
         "significant_both": HeadSet(sa & sb).to_spec(),
         "significant_only_a": HeadSet(sa - sb).to_spec(),
         "significant_only_b": HeadSet(sb - sa).to_spec(),

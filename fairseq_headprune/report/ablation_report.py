@@ -123,13 +123,24 @@ def write_cross_domain_plot(json_path: str) -> str:
 
 
 def cross_domain_text(c: dict) -> str:
-    def f(v):
-        return "undefined" if v is None else f"{v:.3f}"
+    """The comparison in a sentence: how alike the per-head changes are on the two sets,
+    and which heads are significant on one only."""
+    def r(v):
+        return "undefined" if v is None else f"{v:.2f}"
 
-    return (f"cross-domain {c['a']} vs {c['b']} ({c['n']} heads, {c['metric']}): "
-            f"Pearson r {f(c['pearson'])}, Spearman {f(c['spearman'])}; significant only on "
-            f"{c['a']}: {c['significant_only_a'] or 'none'}; only on {c['b']}: "
-            f"{c['significant_only_b'] or 'none'}; on both: {c['significant_both'] or 'none'}")
+    label = METRIC_NAMES.get(c["metric"], c["metric"])
+    alpha = f" (p < {c['alpha']:g})" if c.get("alpha") else ""
+    kinds = "; ".join(f"{KIND_NAMES.get(k, k)} {r(v.get('pearson'))}"
+                      for k, v in (c.get("per_kind") or {}).items() if v.get("pearson") is not None)
+    return (f"cross-domain {c['a']} vs {c['b']} ({c['n']} heads, {c['metric']}): change in "
+            f"{label} when one head is masked (full model {c['a_baseline']:.2f} on {c['a']}, "
+            f"{c['b_baseline']:.2f} on {c['b']}), Pearson r {r(c['pearson'])}, Spearman rank "
+            f"correlation {r(c['spearman'])}" + (f" (Pearson r per kind: {kinds})" if kinds else "")
+            + (" (every head's change is the same on one set: no correlation is defined)"
+               if c["pearson"] is None else "")
+            + f". Significant{alpha} on {c['a']} only: {c['significant_only_a'] or 'none'}; "
+            f"on {c['b']} only: {c['significant_only_b'] or 'none'}; on both: "
+            f"{c['significant_both'] or 'none'}.")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,6 +8,8 @@ import glob
 import os
 from typing import List, Optional
 
+from ..heads import KINDS
+
 # What the paper reports (PAPER.md), shown beside our numbers.
 PAPER = {
     "curve": "WMT en-fr (newstest2013, BLEU 36.05 unpruned): ~20% of heads can be pruned by "
@@ -186,27 +188,28 @@ def _per_file(d, pattern, title, render, paper_key=None):
 
 
 def _render_cross_domain(d, path, obj):
-    r = {k: obj[k] for k in ("a", "b", "metric", "n", "pearson", "spearman", "significant_only_a",
-                             "significant_only_b") if k in obj}
-    line = f"`{os.path.basename(path)}`: " + ", ".join(
-        f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}" for k, v in r.items())
-    return [line, _img(d, os.path.basename(path)[:-5] + ".png")]
+    from .ablation_report import cross_domain_text
+
+    text = cross_domain_text(obj)
+    return [text[0].upper() + text[1:], _img(d, os.path.basename(path)[:-5] + ".png")]
 
 
-def _render_export(d, path, obj):
-    """Parameter counts before/after, in total, per kind and for the heads."""
+def _export_row(path, obj) -> str:
+    """One exported checkpoint: heads and parameters before -> after, per kind."""
     params = obj.get("parameters") or {}
-    rows = ["| | before | after | removed | share removed |", "|---|---|---|---|---|"]
-    for part, label in (("total", "all parameters"), ("attention", "attention"), ("heads", "heads")):
-        entries = {"": params[part]} if part == "total" and part in params else params.get(part, {})
-        for kind, r in entries.items():
-            if isinstance(r, dict) and "before" in r:
-                share = r.get("share_removed", {})
-                share = share.get("fraction") if isinstance(share, dict) else share
-                rows.append(f"| {label} {kind} | {r['before']:,} | {r['after']:,} | {r['removed']:,} | "
-                            f"{100 * (share or 0):.1f}% |")
-    removed = (obj.get("removed_in_all") or {}).get("spec", "")
-    return [f"`{os.path.basename(path)}` (removed: `{removed}`)", "\n".join(rows)]
+
+    def share(r):
+        x = r.get("share_removed")
+        return 100 * ((x.get("fraction") if isinstance(x, dict) else x) or 0)
+
+    heads = params.get("heads") or {}
+    kinds = ", ".join(f"{k} {r['before']} -> {r['after']}" for k, r in heads.items()
+                      if k in KINDS and isinstance(r, dict) and "before" in r)
+    cells = [f"`{os.path.basename(path)[:-len('.export.json')]}.pt`", kinds or "?"]
+    for r in (params.get("attention", {}).get("all"), params.get("total")):
+        cells.append(f"{r['before']:,} -> {r['after']:,} (-{share(r):.1f}%)"
+                     if isinstance(r, dict) and "before" in r else "?")
+    return "| " + " | ".join(cells) + " |"
 
 
 def _section_cross_domain(d):
@@ -215,7 +218,17 @@ def _section_cross_domain(d):
 
 
 def _section_export(d):
-    return _per_file(d, "*.export.json", "Exported pruned checkpoints", _render_export)
+    files = sorted(glob.glob(os.path.join(d, "*.export.json")))
+    if not files:
+        return None
+    objs = [_read_json(f) or {} for f in files]
+    rows = ["| checkpoint | heads kept per kind | attention parameters | all parameters |",
+            "|---|---|---|---|"] + [_export_row(f, o) for f, o in zip(files, objs)]
+    specs = [f"`{os.path.basename(f)[:-len('.export.json')]}.pt`: "
+             f"`{(o.get('removed_in_all') or {}).get('spec', '?')}`" for f, o in zip(files, objs)]
+    return ("Exported pruned checkpoints",
+            ["\n".join(rows), "Heads removed (kind:layer:heads): " + "; ".join(specs) + "."],
+            objs[0])
 
 
 def _section_bench(d):
@@ -237,12 +250,46 @@ def _section_bench(d):
     return "Speed", text, obj
 
 
+def _dynamics_table(obj, fractions=(0.2, 0.4, 0.6, 0.8)) -> str:
+    """Per epoch: the unpruned score and, at each share of heads masked, the score and
+    its share of the unpruned one (dynamics.json; the full grid is in dynamics.csv)."""
+    from ..analysis.scoring import METRIC_LABELS
+
+    metric = obj.get("metric", "bleu")
+    label = METRIC_LABELS.get(metric, metric)
+    lines = obj.get("lines") or []
+    present = sorted({p["fraction"] for l in lines for p in l["curve"] if 0 < p["fraction"] < 1})
+    cols = [f for f in fractions if any(abs(x - f) < 1e-6 for x in present)] or present
+    out = [f"| epoch | updates | {label}, all heads | "
+           + " | ".join(f"{100 * f:.0f}% masked" for f in cols) + " |",
+           "|---:|---:|---:|" + "---:|" * len(cols)]
+    for l in lines:
+        base = (l.get("unpruned") or {}).get(metric)
+        cells = []
+        for f in cols:
+            p = next((p for p in l["curve"] if abs(p["fraction"] - f) < 1e-6), None)
+            v = None if p is None else p.get(metric)
+            cells.append("" if v is None else f"{v:.2f}" + (
+                f" ({100 * v / base:.0f}%)" if base else ""))
+        when = f"{l['epoch']}" if l.get("end_of_epoch", True) else f"{l['epoch']} (mid)"
+        out.append(f"| {when} | {l['updates']:,} | " + ("" if base is None else f"{base:.2f}")
+                   + " | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _section_dynamics(d):
     pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(d, "*dynamics*.png")))
-    csvs = sorted(glob.glob(os.path.join(d, "*dynamics*.csv")))
-    if not pngs and not csvs:
+    obj = _read_json(os.path.join(d, "dynamics.json"))
+    if not pngs and obj is None:
         return None
-    text = [_img(d, p) for p in pngs] + [csv_table(c, 40) for c in csvs[:1]]
+    text = [_img(d, p) for p in pngs]
+    if obj is not None and obj.get("lines"):
+        from ..analysis.scoring import METRIC_LABELS
+
+        label = METRIC_LABELS.get(obj.get("metric", "bleu"), obj.get("metric"))
+        text += [f"Heads masked by importance (estimated at each epoch's end): {label} and, in "
+                 "brackets, its share of the unpruned model's; every point: `dynamics.csv`.",
+                 _dynamics_table(obj)]
     text.append(f"*Paper:* {PAPER['dynamics']}")
     return "Training dynamics", text, None
 
@@ -271,8 +318,8 @@ SECTIONS = [
 ]
 
 
-def build_report(results_dir: str) -> str:
-    parts = [f"# fairseq-headprune report: `{os.path.abspath(results_dir)}`", ""]
+def build_report(results_dir: str, title: Optional[str] = None) -> str:
+    parts = [f"# {title or f'fairseq-headprune report: `{os.path.abspath(results_dir)}`'}", ""]
     provenance = []
     found = 0
     for make in SECTIONS:
