@@ -260,3 +260,17 @@ def tiny_float64(data_dir):
     model = model.double().eval()
     yield task, model, batch(task, "valid", n=5)
     mp.undo()
+
+
+# The longest test files first: parallel workers take whole files in collection order,
+# and a long file taken last would leave one worker running alone at the end.
+LONGEST_FIRST = ["test_recipes.py", "test_curve.py", "test_dynamics.py", "test_export.py",
+                 "test_train_pruning.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
