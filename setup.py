@@ -28,7 +28,7 @@ setup(
         "scipy>=1.12",  # pearsonr, spearmanr, lsq_linear, isotonic_regression
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "filelock"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.6", "filelock"]},
     entry_points={
         "console_scripts": ["fairseq-headprune = fairseq_headprune.cli.main:main"],
     },

@@ -262,8 +262,9 @@ def tiny_float64(data_dir):
     mp.undo()
 
 
-# The longest test files first: parallel workers take whole files in collection order,
-# and a long file taken last would leave one worker running alone at the end.
+# The longest test files first: parallel workers take whole files in collection order
+# (pytest.ini: --no-loadscope-reorder), and a long file taken last would leave one
+# worker running alone at the end.
 LONGEST_FIRST = ["test_recipes.py", "test_curve.py", "test_dynamics.py", "test_export.py",
                  "test_train_pruning.py"]
 
