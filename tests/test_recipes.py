@@ -77,7 +77,9 @@ def test_multi30k_paper_tiny(tmp_path):
     n_sig = sum(h["significant"] for h in abl["heads"])
     assert f"| {n_sig}/24 heads (p < 0.01)" in findings
     cross = json.loads((res / "cross_domain.json").read_text())
-    assert f"Pearson r = {cross['pearson']:.2f} (test vs test2, 24 heads)" in findings
+    r = cross["pearson"]  # None where a tiny model's changes on one set are all equal
+    assert (f"Pearson r = {r:.2f}" if r is not None else "Pearson r undefined") in findings
+    assert "(test vs test2, 24 heads)" in findings
     assert "`bash recipes/multi30k-paper.sh --tiny" in findings
     bud = json.loads((res / "budgets.json").read_text())
     plain = next(r for r in bud["rows"] if r["key"] == "heads:50%|importance|none")
