@@ -8,6 +8,7 @@ import glob
 import os
 from typing import List, Optional
 
+from ..analysis.scoring import METRIC_LABELS
 from ..heads import KINDS
 
 # What the paper reports (PAPER.md), shown beside our numbers.
@@ -253,8 +254,6 @@ def _section_bench(d):
 def _dynamics_table(obj, fractions=(0.2, 0.4, 0.6, 0.8)) -> str:
     """Per epoch: the unpruned score and, at each share of heads masked, the score and
     its share of the unpruned one (dynamics.json; the full grid is in dynamics.csv)."""
-    from ..analysis.scoring import METRIC_LABELS
-
     metric = obj.get("metric", "bleu")
     label = METRIC_LABELS.get(metric, metric)
     lines = obj.get("lines") or []
@@ -284,8 +283,6 @@ def _section_dynamics(d):
         return None
     text = [_img(d, p) for p in pngs]
     if obj is not None and obj.get("lines"):
-        from ..analysis.scoring import METRIC_LABELS
-
         label = METRIC_LABELS.get(obj.get("metric", "bleu"), obj.get("metric"))
         text += [f"Heads masked by importance (estimated at each epoch's end): {label} and, in "
                  "brackets, its share of the unpruned model's; every point: `dynamics.csv`.",
