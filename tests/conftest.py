@@ -132,11 +132,12 @@ def prepare_command(script, out, *args, ood=False):
 
 def _prepare(script, out, *args, ood=False):
     """``prepare_command``; skips the test, saying why, where the download fails."""
-    p = subprocess.run(prepare_command(script, out, *args, ood=ood), capture_output=True,
-                       text=True, cwd=ROOT)
+    cmd = prepare_command(script, out, *args, ood=ood)
+    if os.path.isdir(os.path.join(SHARED, "multi30k")):
+        run(cmd)  # local data: a failure is a failure
+        return
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
-        if os.path.isdir(os.path.join(SHARED, "multi30k")):
-            raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
         last = (p.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"no shared data at {SHARED} and Multi30k could not be downloaded ({last})")
 
