@@ -75,7 +75,7 @@ if [ ! -f "$SAVE/.done" ]; then
 fi
 grep -E "valid on 'valid'" "$SAVE/train.log" | tail -3 || true
 
-step "3/8 importance on $IMP training examples"
+step "3/8 importance: on $IMP training examples"
 [ -f "$RES/importance.json" ] || "${HP[@]}" importance "$BIN" --path "$CKPT" "${EVAL[@]}" \
   --results-dir "$RES" --importance-subset train --importance-max-sentences "$IMP"
 IMPF=(--importance "$RES/importance.json")
@@ -86,11 +86,11 @@ step "4/8 curves: by importance (Fig. 3) and in random order, 3 seeds (Fig. 4)"
 "${HP[@]}" curve "$BIN" --path "$CKPT" "${EVAL[@]}" --results-dir "$RES/random" --order random \
   --order-seed 1,2,3 --prune-step "$STEP"
 
-step "5/8 keep only the best head of one layer (Table 3)"
+step "5/8 keep-one-head: keep only the best head of one layer (Table 3)"
 "${HP[@]}" one-head "$BIN" --path "$CKPT" "${EVAL[@]}" --results-dir "$RES" \
   --bootstrap-samples "$BOOT"
 
-step "6/8 single-head ablation of every head on test (flickr) and test2 (mscoco)"
+step "6/8 ablation: every single head masked on test (flickr) and test2 (mscoco)"
 "${HP[@]}" ablate "$BIN" --path "$CKPT" "${EVAL[@]}" --results-dir "$RES" --gen-subset test,test2 \
   --bootstrap-samples "$BOOT"
 
@@ -100,11 +100,11 @@ step "7/8 export: 50% of the heads removed by importance; speed of full, masked,
 [ -f "$RES/bench.json" ] || "${HP[@]}" bench "$BIN" --path "$CKPT" --cpu --results-dir "$RES" \
   --prune-heads "@$RES/pruned50.heads.json" --gen-subset test "${BENCH[@]}"
 
-step "8/8 budgets without retraining; report and the paper's BERT findings against ours"
+step "8/8 budgets: without retraining; report and the paper's BERT findings against ours"
 "${HP[@]}" compare-budgets "$BIN" --path "$CKPT" "${EVAL[@]}" --results-dir "$RES" "${IMPF[@]}" \
   --calibration-sentences "$CAL" "${BUDGETS[@]}" > /dev/null
 python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
-provenance "$RES/findings.md" "$ARGS" "$T0" "$(grep -c "valid on 'valid'" "$SAVE/train.log")"
+provenance "$RES/findings.md" "$ARGS" "$(grep -c "valid on 'valid'" "$SAVE/train.log")"
 "${HP[@]}" report "$RES" --title "Are sixteen heads really better than one? The BERT experiments on a $LAYERS-layer x $HEADS-head fairseq encoder (d=$DIM), Multi30k sentence pairs" > /dev/null
 [ -z "$GALLERY" ] || copy_gallery "$RES" "$GALLERY"
 echo "[encoder-analysis] done in $(( $(date +%s) - T0 )) s: $RES/report.md, $RES/findings.md"

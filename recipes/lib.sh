@@ -1,20 +1,37 @@
 # Shared helpers of the recipes that write a results gallery (sourced, not run).
 NAME=$(basename "$0" .sh)
 fail() { echo "$NAME.sh: error: $*" >&2; exit 1; }
-step() { echo; echo "=== [$NAME] $*"; }
+# step "N/M name: what": starts a stage. Each stage's seconds go to $OUT/stage-times.tsv
+# when it ends, also when the run stops half-way (EXIT trap), so a results folder built
+# over several runs (every stage resumes) still knows what it cost.
+STAGE="" STAGE_T0=0
+stage_done() {
+  [ -n "$STAGE" ] && [ -d "$OUT" ] && printf '%s\t%d\n' "$STAGE" $(( $(date +%s) - STAGE_T0 )) >> "$OUT/stage-times.tsv"
+  STAGE=""
+}
+trap stage_done EXIT
+step() {
+  stage_done; STAGE=$(cut -d' ' -f2 <<< "$1"); STAGE=${STAGE%:}; STAGE_T0=$(date +%s)
+  echo; echo "=== [$NAME] $*"
+}
 int() { [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] || fail "$1 '$2' is not a whole number >= 1"; }
 
-# provenance FINDINGS ARGS T0 EPOCHS: append how the results were made (command, run
-# time, training epochs, versions) to FINDINGS
+# provenance FINDINGS ARGS EPOCHS: append how the results were made (command, run time
+# of each stage summed over the runs that built them, training epochs, versions)
 provenance() {
-  local seconds=$(( $(date +%s) - $3 ))
+  stage_done; STAGE=$(cut -f1 "$OUT/stage-times.tsv" | tail -1); STAGE_T0=$(date +%s)
   {
     echo; echo "## How this was made"; echo
-    echo "\`bash recipes/$NAME.sh $2\` ($seconds s in this run, resumed stages excluded;"
-    echo "training: $4 epochs)."
+    echo "\`bash recipes/$NAME.sh $2\` (training: $3 epochs), on"
+    # (nproc would print OMP_NUM_THREADS where it is set)
+    echo "$(python -c 'import os; print(len(os.sched_getaffinity(0)))') CPU cores."
+    awk -F'\t' '$1 == "data" {runs++} {if (!($1 in s)) o[n++] = $1; s[$1] += $2; t += $2}
+      END {printf "Run time, minutes per stage%s: ", (runs > 1 ? " (summed over the " runs " runs that built it; every stage resumes)" : "")
+           for (i = 0; i < n; i++) printf "%s %.1f, ", o[i], s[o[i]] / 60
+           printf "total %.1f.\n", t / 60}' "$OUT/stage-times.tsv"
     echo "fairseq-headprune $(python -c 'import fairseq_headprune as p; print(p.__version__)'),"
     echo "fairseq $(python -c 'import fairseq; print(fairseq.__version__)'),"
-    echo "torch $(python -c 'import torch; print(torch.__version__)'), $(nproc) CPU cores."
+    echo "torch $(python -c 'import torch; print(torch.__version__)')."
   } >> "$1"
 }
 

@@ -87,7 +87,7 @@ if [ ! -f "$SAVE/.done" ]; then
 fi
 grep -E "valid \| epoch" "$SAVE/train.log" | tail -3 || true
 
-step "3/10 importance on $IMP_SENT training sentences (with Fisher scores)"
+step "3/10 importance: on $IMP_SENT training sentences (with Fisher scores)"
 [ -f "$RES/importance.json" ] || "${HP[@]}" importance "$BIN" --path "$CKPT" "${GEN[@]}" \
   --results-dir "$RES" --importance-subset train --importance-max-sentences "$IMP_SENT"
 IMP=(--importance "$RES/importance.json")
@@ -98,10 +98,10 @@ step "4/10 curves: all kinds and per kind by importance (Fig. 3, 5); random orde
 "${HP[@]}" curve "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES/random" --order random \
   --order-seed 1,2,3 --prune-step "$STEP"
 
-step "5/10 keep only the best head of one layer, every layer of E, A, D (Table 2; chosen on ${SELECT[1]} test sentences)"
+step "5/10 keep-one-head: keep only the best head of one layer, every layer of E, A, D (Table 2; chosen on ${SELECT[1]} test sentences)"
 "${HP[@]}" one-head "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --kinds E,A,D "${SELECT[@]}"
 
-step "6/10 single-head ablation of every head on test (flickr) and test2 (mscoco) (Table 1)"
+step "6/10 ablation: every single head masked on test (flickr) and test2 (mscoco) (Table 1)"
 "${HP[@]}" ablate "$BIN" --path "$CKPT" "${GEN[@]}" --results-dir "$RES" --gen-subset test,test2
 
 step "7/10 export: 50% of the heads removed by importance; speed of full, masked, removed (Table 4)"
@@ -127,12 +127,12 @@ for b in "${PRUNES[@]}"; do
   echo "{\"budget\": \"$budget\", \"repair\": \"$repair\", \"seconds\": $t}" > "$RES/prune-$name.time.json"
 done
 
-step "9/10 training dynamics (Fig. 6)"
+step "9/10 dynamics: the pruning curves of every epoch (Fig. 6)"
 "${HP[@]}" plot-dynamics "$SAVE" --out-dir "$RES"
 
-step "10/10 report and the paper's findings against ours"
+step "10/10 report: the paper's findings against ours"
 python -m fairseq_headprune.report.findings "$RES" --random "$RES/random" > /dev/null
-provenance "$RES/findings.md" "$ARGS" "$T0" "$(grep -c 'valid | epoch' "$SAVE/train.log")"
+provenance "$RES/findings.md" "$ARGS" "$(grep -c 'valid | epoch' "$SAVE/train.log")"
 "${HP[@]}" report "$RES" --title "Are sixteen heads really better than one? Multi30k de-en, Transformer $LAYERS+$LAYERS layers x $HEADS heads, d=$DIM" > /dev/null
 [ -z "$GALLERY" ] || copy_gallery "$RES" "$GALLERY"
 echo "[multi30k-paper] done in $(( $(date +%s) - T0 )) s: $RES/report.md, $RES/findings.md"

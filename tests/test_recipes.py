@@ -81,6 +81,10 @@ def test_multi30k_paper_tiny(tmp_path):
     assert (f"Pearson r = {r:.2f}" if r is not None else "Pearson r undefined") in findings
     assert "(test vs test2, 24 heads)" in findings
     assert "`bash recipes/multi30k-paper.sh --tiny" in findings
+    stages = [l.split("\t")[0] for l in (out / "stage-times.tsv").read_text().splitlines()]
+    assert stages == ["data", "fairseq-train", "importance", "curves", "keep-one-head", "ablation",
+                      "export", "budgets", "dynamics", "report", "report"]  # (+ after provenance)
+    assert "Run time, minutes per stage: data " in findings
     bud = json.loads((res / "budgets.json").read_text())
     plain = next(r for r in bud["rows"] if r["key"] == "heads:50%|importance|none")
     assert f"no repair: {plain['bleu']:.2f}" in findings
@@ -109,6 +113,19 @@ def test_multi30k_paper_tiny(tmp_path):
     for name in ("curve.png", "budgets.png", "bench.png", "dynamics_by_epoch.png", "ablation_E.png"):
         assert (gal / name).stat().st_size > 1000, name
     assert (gal / "report.md").read_text().startswith(title)  # a redraw keeps the title
+
+
+def test_run_time_summed_over_resumed_runs(tmp_path):
+    """provenance: a stage's minutes add up over the runs that built the results (a
+    stage stopped half-way counts both parts), in the order stages first ran."""
+    (tmp_path / "stage-times.tsv").write_text(
+        "data\t60\nfairseq-train\t120\ndata\t6\nfairseq-train\t30\nreport\t36\n")
+    script = f"OUT={tmp_path}; source {ROOT}/recipes/lib.sh; provenance {tmp_path}/f.md 'ARGS' 3"
+    run(["bash", "-c", script])
+    text = (tmp_path / "f.md").read_text()
+    assert "`bash recipes/bash.sh ARGS` (training: 3 epochs)" in text
+    assert ("Run time, minutes per stage (summed over the 2 runs that built it; every stage "
+            "resumes): data 1.1, fairseq-train 2.5, report 0.6, total 4.2.") in text
 
 
 def test_encoder_analysis_tiny(tmp_path):
