@@ -56,7 +56,7 @@ if [ "$TINY" = 1 ]; then  # CI smoke test: every stage, tiny sizes
   OUT=${OUT:-runs/demo-tiny}; MAX_TRAIN=500; MERGES=500; MAX_TEST=30
   UPDATES=30; WARMUP=10; STEP=0.5; DIM=32; ABLATE="A:6:1-2"; EVAL=20; KINDS_1H=A
   IMP_SENT=2000; MAX_TOKENS=4096
-  BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 8)
+  BENCH=(--batch-sizes 1,4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 1 --fixed-length 8)
 elif [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/demo-quick}; MAX_TRAIN=8000; MERGES=4000; MAX_TEST=60
   UPDATES=150; WARMUP=60; STEP=0.25; DIM=64; ABLATE="A:6:*"; EVAL=60; KINDS_1H=A

@@ -38,7 +38,7 @@ LAYERS=4 HEADS=8
 if [ "$TINY" = 1 ]; then
   OUT=${OUT:-runs/encoder-analysis-tiny}; MAX_TRAIN=300; MERGES=500; MAX_TEST=30
   EPOCHS=3; DIM=32; LAYERS=2; HEADS=4; IMP=100; STEP=0.25; CAL=50; BOOT=200; LR=3e-3; WARMUP=10
-  BENCH=(--batch-sizes 4 --bench-sentences 8 --repeats 1 --warmup 0)
+  BENCH=(--batch-sizes 4 --bench-sentences 8 --repeats 1 --warmup 1)
   BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
 else
   OUT=${OUT:-runs/encoder-analysis}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=0

@@ -38,7 +38,7 @@ if [ "$TINY" = 1 ]; then
   EPOCHS=2; DIM=32; LAYERS=2; HEADS=4; IMP_SENT=100; WARMUP=10; STEP=0.5; CAL=50
   CURVE_EPOCH=(--prune-curve-sentences 8 --prune-curve-beam 1 --prune-curve-step 0.5
                --prune-curve-importance-sentences 40)
-  BENCH=(--batch-sizes 4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 0 --fixed-length 6)
+  BENCH=(--batch-sizes 4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 1 --fixed-length 6)
   LAT=(--batch-size 4 --latency-length 4 --latency-repeats 1)
   BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
   PRUNES=("heads:50% lstsq half")  # (a tiny model's latency table is mostly noise)
