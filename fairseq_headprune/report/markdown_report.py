@@ -242,8 +242,10 @@ def _section_bench(d):
     from .bench import heads_label, short_table
 
     s = obj.get("settings") or {}
-    text = [f"{heads_label(obj).capitalize()}; median of {s.get('repeats', '?')} timed rounds "
-            f"on {s.get('device', '?')} ({s.get('threads', '?')} threads), "
+    rounds, threads = s.get("repeats", "?"), s.get("threads", "?")
+    text = [f"{heads_label(obj).capitalize()}; median of {rounds} timed "
+            f"round{'' if rounds == 1 else 's'} on {s.get('device', '?')} ({threads} "
+            f"thread{'' if threads == 1 else 's'}), "
             f"{s.get('bench_sentences', '?')} sentences of {s.get('subset', '?')}"
             + (f", {s['fixed_length']} tokens per hypothesis" if s.get("fixed_length") else "")
             + ". Every measurement, with quartiles and the work counted: `bench.csv`.",
