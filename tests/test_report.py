@@ -145,3 +145,21 @@ def test_report_of_a_results_file_of_the_wrong_shape(tmp_path, name, content):
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("fairseq-headprune: error: ") and repr(str(tmp_path / name)) in last
     assert not (tmp_path / "report.md").exists()
+
+
+def test_dynamics_finding_needs_every_later_epoch(tmp_path):
+    """'From epoch E on' is the first epoch after which every epoch keeps >= 85% of the
+    unpruned BLEU with 40% of heads masked; a good epoch 1 followed by bad ones is not."""
+    from fairseq_headprune.report.findings import _dynamics
+
+    def line(epoch, base, at40):
+        return {"epoch": epoch, "unpruned": {"bleu": base},
+                "curve": [{"fraction": 0.0, "bleu": base}, {"fraction": 0.4, "bleu": at40}]}
+
+    dyn = {"lines": [line(1, 5.0, 4.5), line(2, 10.0, 5.0), line(3, 20.0, 17.0), line(4, 30.0, 27.0)]}
+    (tmp_path / "dynamics.json").write_text(json.dumps(dyn))
+    ours = _dynamics(str(tmp_path))[2]
+    assert ours == "from epoch 3 on; share kept with 40% masked, by epoch: 1: 90%, 2: 50%, 3: 85%, 4: 90%"
+    dyn["lines"].append(line(5, 30.0, 24.0))
+    (tmp_path / "dynamics.json").write_text(json.dumps(dyn))
+    assert _dynamics(str(tmp_path))[2].startswith("not from any epoch to the end (5 epochs); ")
