@@ -39,7 +39,8 @@ provenance() {
 # checkpoints, no data), and the random-order curves
 copy_gallery() {
   mkdir -p "$2"
-  cp "$1"/report.md "$1"/findings.md "$1"/*.png "$1"/*.json "$1"/*.csv "$2"/
+  # (*.md: the commands' own tables, which a report of the gallery folder reads)
+  cp "$1"/*.md "$1"/*.png "$1"/*.json "$1"/*.csv "$2"/
   rm -f "$2"/*.pt
   mkdir -p "$2/random" && cp "$1"/random/curve.* "$2/random/"
   echo "gallery: $2 ($(du -sh "$2" | cut -f1))"

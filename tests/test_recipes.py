@@ -112,7 +112,10 @@ def test_multi30k_paper_tiny(tmp_path):
     p = run(["fairseq-headprune", "report", str(gal), "--redraw"])
     for name in ("curve.png", "budgets.png", "bench.png", "dynamics_by_epoch.png", "ablation_E.png"):
         assert (gal / name).stat().st_size > 1000, name
-    assert (gal / "report.md").read_text().startswith(title)  # a redraw keeps the title
+    redrawn = (gal / "report.md").read_text()
+    assert redrawn.startswith(title)  # a redraw keeps the title
+    sections = [l for l in report.splitlines() if l.startswith("## ")]
+    assert [l for l in redrawn.splitlines() if l.startswith("## ")] == sections  # and every section
 
 
 def test_run_time_summed_over_resumed_runs(tmp_path):
