@@ -23,15 +23,18 @@ provenance() {
   {
     echo; echo "## How this was made"; echo
     echo "\`bash recipes/$NAME.sh $2\` (training: $3 epochs), on"
-    # (nproc would print OMP_NUM_THREADS where it is set)
-    echo "$(python -c 'import os; print(len(os.sched_getaffinity(0)))') CPU cores."
+    # one interpreter for the CPU count and the versions (importing fairseq takes seconds);
+    # the cores this process may use (nproc would print OMP_NUM_THREADS where it is set)
+    local versions
+    versions=$(python -c 'import os, fairseq, fairseq_headprune as p, torch
+print(f"{len(os.sched_getaffinity(0))} CPU cores.")
+print(f"fairseq-headprune {p.__version__},\nfairseq {fairseq.__version__},\ntorch {torch.__version__}.")')
+    head -1 <<< "$versions"
     awk -F'\t' '$1 == "data" {runs++} {if (!($1 in s)) o[n++] = $1; s[$1] += $2; t += $2}
       END {printf "Run time, minutes per stage%s: ", (runs > 1 ? " (summed over the " runs " runs that built it; every stage resumes)" : "")
            for (i = 0; i < n; i++) printf "%s %.1f, ", o[i], s[o[i]] / 60
            printf "total %.1f.\n", t / 60}' "$OUT/stage-times.tsv"
-    echo "fairseq-headprune $(python -c 'import fairseq_headprune as p; print(p.__version__)'),"
-    echo "fairseq $(python -c 'import fairseq; print(fairseq.__version__)'),"
-    echo "torch $(python -c 'import torch; print(torch.__version__)')."
+    tail -n +2 <<< "$versions"
   } >> "$1"
 }
 
