@@ -1,7 +1,9 @@
 """Repair without gradient steps: bias compensation keeps each pruned module's mean
-output on the calibration tokens exactly where the full module had it (same inputs),
-and an exported repaired checkpoint reloads with no spec and equals the repaired
-in-memory model."""
+output on the calibration tokens exactly where the full module had it (same inputs);
+the layer-wise reconstruction leaves, at every module it repairs, a residual that is
+orthogonal to each kept head's output and has zero mean (the least-squares optimum,
+checked by forward passes); an exported repaired checkpoint reloads with no spec and
+equals the repaired in-memory model."""
 
 import copy
 import json
@@ -12,11 +14,13 @@ import torch
 
 from conftest import run
 from fairseq_headprune.analysis.importance import query_padding
+from fairseq_headprune.analysis.importance import gated
 from fairseq_headprune.analysis.repair import (
-    calibration_stats, compensate_bias, context_means, rescale_heads, solve_scales,
+    Calibration, calibration_stats, compensate_bias, context_means, reconstruct_layerwise, repair,
+    rescale_heads, residual_sums, solve_scales,
 )
 from fairseq_headprune.heads import HeadSet
-from fairseq_headprune.models.head_model import attention_modules, remove_heads
+from fairseq_headprune.models.head_model import attention_modules, remove_heads, set_head_mask
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +149,19 @@ def test_context_means_count_only_real_tokens(small):
         torch.testing.assert_close(alone[key], batched[key], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("repair", ["bias", "lstsq"])
-def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trained_ckpt, tmp_path, repair):
+@pytest.mark.parametrize("method", ["bias", "lstsq", "layerwise"])
+def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trained_ckpt, tmp_path, method):
     from helpers import batch, load
 
     out = tmp_path / "rep.pt"
     run(["fairseq-headprune", "export", data_dir, "--path", trained_ckpt, "--cpu",
-         "--prune-heads", "E:1:1-2 A:2:3 D:1:4", "--repair", repair, "--calibration-subset", "valid",
+         "--prune-heads", "E:1:1-2 A:2:3 D:1:4", "--repair", method, "--calibration-subset", "valid",
          "--calibration-sentences", "50", "--out", str(out)])
     report = json.loads((tmp_path / "rep.export.json").read_text())
     assert report["repair"]["calibration"]["sentences"] == 50
-    assert set(report["repair"]["bias_change_norm"]) == {"E:1", "A:2", "D:1"}
+    # layerwise: every module from the first pruned one (E:1) on
+    assert set(report["repair"]["bias_change_norm"]) == (
+        {"E:1", "A:2", "D:1"} if method != "layerwise" else set(f"{k}:{i}" for k in "EAD" for i in (1, 2)))
     # the same repair in memory, from the same 50 sentences
     from fairseq_headprune.analysis.data import DataSpec, collate, select
 
@@ -163,10 +169,10 @@ def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trai
     sel = select(task, [model], DataSpec(subset="valid", max_sentences=50, seed=1, max_tokens=12000,
                                          batching_seed=1))
     spec = HeadSet.parse("E:1:1-2 A:2:3 D:1:4", {"E": [4, 4], "A": [4, 4], "D": [4, 4]})
-    stats = calibration_stats(model, collate(task, "valid", sel.batches), gram=repair == "lstsq")
-    if repair == "lstsq":
-        assert rescale_heads(model, spec, stats) == report["repair"]["head_scales"]
-    compensate_bias(model, spec, {k: v["mean"] for k, v in stats.items()})
+    done = repair(model, spec, method, Calibration(model, collate(task, "valid", sel.batches), [method]))
+    assert done["bias_change_norm"] == pytest.approx(report["repair"]["bias_change_norm"], rel=1e-6)
+    if method != "bias":
+        assert done["head_scales"] == report["repair"]["head_scales"]
     remove_heads(model, spec)
     task2, reloaded = load(str(out), data_dir)
     sample = batch(task2, "test", 6)
@@ -175,3 +181,89 @@ def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trai
         b = reloaded(**sample["net_input"])[0]
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert not os.path.exists(str(out) + ".tmp")
+
+
+# ------------------------------------------------------------ layer-wise reconstruction
+SUM_NORMS = {  # the LayerNorm whose input is the residual sum after each kind's sublayer
+    False: {"E": "self_attn_layer_norm", "D": "self_attn_layer_norm", "A": "encoder_attn_layer_norm"},
+    True: {"E": "final_layer_norm", "D": "encoder_attn_layer_norm", "A": "final_layer_norm"},
+}
+
+
+def sums_and_head_outputs(model, batches, pre_ln):
+    """Per module: the residual sums after its sublayer and each present head's output
+    W_h c_h (out_proj's input, masked heads zero), [N, embed] and [H, N, embed], over
+    the non-padding query positions of all batches."""
+    seen, handles = {}, []
+    for (kind, i) in attention_modules(model):
+        layer = (model.encoder.layers if kind == "E" else model.decoder.layers)[i - 1]
+        ln = getattr(layer, SUM_NORMS[pre_ln][kind])
+        handles.append(ln.register_forward_pre_hook(lambda m, a, k=(kind, i): seen.__setitem__(k, a[0])))
+    sums, outs = {}, {}
+    try:
+        with torch.no_grad(), gated(model) as modules:
+            for sample in batches:
+                model(**sample["net_input"])
+                pad = query_padding(model, sample)
+                for key, m in modules.items():
+                    keep = ~pad[key[0]]
+                    c = m.last_context[keep].double().view(-1, m.num_heads, m.head_dim)
+                    w = m.out_proj.weight.double().view(-1, m.num_heads, m.head_dim)
+                    sums.setdefault(key, []).append(seen[key][keep].double())
+                    outs.setdefault(key, []).append(torch.einsum("nhd,ehd->hne", c, w))
+    finally:
+        for h in handles:
+            h.remove()
+    return ({k: torch.cat(v) for k, v in sums.items()}, {k: torch.cat(v, dim=1) for k, v in outs.items()})
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_layerwise_leaves_a_least_squares_residual_at_every_module(data_dir, pre_ln):
+    """Undamped and unbounded, the repair is the least-squares optimum at each module
+    given the repaired modules before it: the residual S' - S_full is orthogonal to every
+    kept head's output and sums to zero (the intercept). Modules before the first pruned
+    one are left exactly as they were."""
+    from helpers import build
+
+    extra = ["--encoder-normalize-before", "--decoder-normalize-before"] if pre_ln else []
+    task, model, _ = build(data_dir, seed=7, extra=extra)
+    model.eval()
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    batches = [ds.collater([ds[i] for i in range(j, j + 10)]) for j in (0, 10, 20)]
+    spec = HeadSet([("E", 2, 1), ("E", 2, 3), ("D", 2, 4), ("A", 2, 1), ("A", 2, 2), ("A", 2, 3), ("A", 2, 4)])
+    full_sums, _ = sums_and_head_outputs(model, batches, pre_ln)
+    repaired = copy.deepcopy(model)
+    done = reconstruct_layerwise(repaired, spec, batches, residual_sums(model, batches),
+                                 damping=0.0, bounds=(-100.0, 100.0))
+    # from E:2 on, in the order they run; A:2 keeps no head: its bias alone
+    assert list(done["bias_change_norm"]) == ["E:2", "D:1", "A:1", "D:2", "A:2", "D:3", "A:3"]
+    assert "A:2" not in done["head_scales"] and len(done["head_scales"]["E:2"]) == 2
+    before = dict(model.named_parameters())
+    for name, p in repaired.named_parameters():
+        if name.startswith("encoder.layers.0."):
+            assert torch.equal(p, before[name]), name
+    set_head_mask(repaired, spec)
+    sums, outs = sums_and_head_outputs(repaired, batches, pre_ln)
+    for key in [("E", 2), ("D", 1), ("A", 1), ("D", 2), ("A", 2), ("D", 3), ("A", 3)]:
+        r = sums[key] - full_sums[key]  # [N, embed]
+        scale = float(full_sums[key].norm())
+        assert float(r.mean(0).norm()) < 1e-6 * scale, key
+        for h in range(outs[key].size(0)):
+            z = outs[key][h]
+            if float(z.norm()) == 0:  # a masked head
+                continue
+            assert abs(float((r * z).sum())) < 1e-6 * float(r.norm()) * float(z.norm()) + 1e-9, (key, h)
+        if key == ("E", 2):  # and it is better than no repair there
+            plain = copy.deepcopy(model)
+            set_head_mask(plain, spec)
+            assert float(r.norm()) < float((sums_and_head_outputs(plain, batches, pre_ln)[0][key]
+                                             - full_sums[key]).norm())
+
+
+def test_layerwise_changes_nothing_when_no_head_is_removed(small):
+    _, model, batches = small
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cal = Calibration(model, batches, ["layerwise"])
+    assert repair(model, HeadSet(), "layerwise", cal) == {"head_scales": {}, "bias_change_norm": {}}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

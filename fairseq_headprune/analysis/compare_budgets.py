@@ -4,9 +4,9 @@ calibration sentences, removed, and the smaller model scored on the evaluation
 sentences; beside it the parameters left, the decoding speed-up the latency table
 predicts, and the seconds that choosing and repairing took.
 
-The calibration statistics of the full model are gathered once and shared by every
-row (each row's repair starts from a fresh copy of the full model); so is the latency
-table. Rows are computed one at a time and handed to ``on_row`` (the caller saves
+What the repairs need of the full model (analysis/repair.py's Calibration) is gathered
+once and shared by every row (each row's repair starts from a fresh copy of the full
+model); so is the latency table. Rows are computed one at a time and handed to ``on_row`` (the caller saves
 them: an interrupted comparison resumes)."""
 
 import logging
@@ -53,14 +53,14 @@ class Plan:
                 for s in (self.seeds if o == "random" else [None]) for r in self.repairs]
 
 
-def run(model, plan: Plan, score: Callable[[object], Dict], stats: Optional[Dict],
+def run(model, plan: Plan, score: Callable[[object], Dict], calibration,
         table: Optional[dict], done: Dict[str, dict], on_row: Callable[[dict], None]) -> List[dict]:
     """Every arm of ``plan`` not in ``done`` (by key), in order. ``score(model)``: the
-    evaluation of a (pruned) model, {'bleu', 'sacrebleu', 'loss', ...}; ``stats``: the
-    full model's ``repair.calibration_stats`` (with gram) or None when no arm repairs;
-    ``table``: a latency table (analysis/latency.py) or None."""
+    evaluation of a (pruned) model, {'bleu', 'sacrebleu', 'loss', ...}; ``calibration``:
+    the full model's ``repair.Calibration`` or None when no arm repairs; ``table``: a
+    latency table (analysis/latency.py) or None."""
     from .bench import fresh_copy
-    from .repair import compensate_bias, rescale_heads
+    from .repair import repair
 
     rows, orders = [], {}
     total = parameter_counts(model)["total"]
@@ -86,10 +86,7 @@ def run(model, plan: Plan, score: Callable[[object], Dict], stats: Optional[Dict
         chosen = time.perf_counter() - t0
         small = fresh_copy(model)
         t1 = time.perf_counter()
-        if arm.repair == "lstsq":
-            rescale_heads(small, heads, stats)
-        if arm.repair in ("bias", "lstsq"):
-            compensate_bias(small, heads, {k: v["mean"] for k, v in stats.items()})
+        repair(small, heads, arm.repair, calibration)
         repaired = time.perf_counter() - t1
         remove_heads(small, heads)
         small.eval()

@@ -18,20 +18,34 @@ min_s Σ_tokens ||Σ_{h∈K} s_h Z_h - T||² + λ ||s - 1||² within ``bounds``,
 (``scipy.optimize.lsq_linear``) on the Cholesky factor of the heads × heads system;
 they are folded into out_proj's columns. s = 1 (bias compensation alone) is feasible,
 so the reconstruction error never grows; with no head removed s = 1 exactly.
+
+Layer-wise reconstruction (``layerwise``; Kwon et al. 2022's layer-wise mask tuning,
+here with a bias): the two repairs above reconstruct each module's output from the
+full model's inputs, so the drift that removals upstream cause is never corrected.
+This one goes through the attention sublayers in the order they run (encoder layers,
+then each decoder layer's self- and encoder-decoder attention), from the first one that
+loses a head, and makes the pruned model's residual stream after the sublayer (the sum
+that enters the next LayerNorm) reconstruct the full model's: with the pruned model's
+own inputs x' (earlier modules already repaired), S' = x' + Σ_{h∈K} s_h Z'_h + b + δ,
+min over s and δ of Σ_tokens ||S' - S_full||² + λ ||s - 1||², s within ``bounds``
+(δ the least-squares intercept: the mean of what is still missing, upstream drift
+included). Modules that lose no head are repaired too: their job is the drift. One
+teacher-forced pass of the full model over the calibration batches, shared by every
+repair of that model, then one pass of the pruned model per module, stopped after it.
 """
 
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import HeadPruneError
 from ..heads import HeadSet
-from ..models.head_model import attention_modules
+from ..models.head_model import attention_modules, masked_heads, set_head_mask, unwrap_model
 from .importance import gated, query_padding
 
 Key = Tuple[str, int]
 
-REPAIRS = ("none", "bias", "lstsq")
+REPAIRS = ("none", "bias", "lstsq", "layerwise")
 
 
 def context_means(model, batches: Iterable[dict], use_cuda: bool = False) -> Dict[Key, torch.Tensor]:
@@ -116,8 +130,6 @@ def solve_scales(gram: torch.Tensor, out_sum: torch.Tensor, mean: torch.Tensor, 
     """The scales of heads ``kept`` (positions) when ``gone`` are removed, from one
     module's calibration statistics (see the module docstring); ``weight`` [E, H, d]
     out_proj's weight by head, ``mean`` [H, d]. float64, len(kept)."""
-    from scipy.optimize import lsq_linear
-
     kept, gone = list(kept), list(gone)
     A = gram[kept][:, kept]
     r = A.sum(dim=1)  # Σ_{h'∈K} <Z_h, Z_h'>
@@ -125,10 +137,17 @@ def solve_scales(gram: torch.Tensor, out_sum: torch.Tensor, mean: torch.Tensor, 
         m_g = weight[:, g, :] @ mean[g]  # the removed head's mean output, now in the bias
         r = r + gram[kept, g] - out_sum[kept] @ m_g
     lam = damping * float(A.diagonal().mean())
-    A = A + lam * torch.eye(len(kept), dtype=A.dtype)
-    rhs = r + lam
+    return bounded_quadratic(A + lam * torch.eye(len(kept), dtype=A.dtype), r + lam, bounds)
+
+
+def bounded_quadratic(A: torch.Tensor, b: torch.Tensor, bounds: Tuple[float, float]) -> torch.Tensor:
+    """argmin_x x'Ax - 2b'x within ``bounds`` (A symmetric positive definite), as scipy's
+    bounded least squares on A's Cholesky factor: ||L'x - L⁻¹b||² is the same quadratic
+    up to a constant."""
+    from scipy.optimize import lsq_linear
+
     L = torch.linalg.cholesky(A)
-    y = torch.linalg.solve_triangular(L, rhs.unsqueeze(1), upper=False).squeeze(1)
+    y = torch.linalg.solve_triangular(L, b.unsqueeze(1), upper=False).squeeze(1)
     res = lsq_linear(L.t().numpy(), y.numpy(), bounds=bounds, method="bvls")
     return torch.as_tensor(res.x, dtype=torch.float64)
 
@@ -154,4 +173,197 @@ def rescale_heads(model, heads: HeadSet, stats: Dict[Key, dict], damping: float 
             W = m.out_proj.weight
             W.mul_(col.to(W.dtype).to(W.device).repeat_interleave(d).unsqueeze(0))
         out[f"{kind}:{layer}"] = [round(float(x), 6) for x in scales]
+    return out
+
+
+# ------------------------------------------------------------ layer-wise reconstruction
+def forward_order(keys: Iterable[Key]) -> List[Key]:
+    """Attention modules in the order a teacher-forced forward pass runs them: encoder
+    layers, then per decoder layer its self-attention (D) before its enc-dec one (A)."""
+    rank = {"E": 0, "D": 1, "A": 2}
+    return sorted(keys, key=lambda k: (k[0] != "E", k[1], rank[k[0]]))
+
+
+def sum_norm(model, key: Key):
+    """The LayerNorm whose input is the residual stream right after module ``key``'s
+    sublayer (x + attention(x)): the sublayer's own norm in a post-LN layer, the next
+    sublayer's in a pre-LN one (fairseq's TransformerEncoderLayer/DecoderLayer)."""
+    model = unwrap_model(model)
+    kind, i = key
+    encoder = getattr(model.encoder, "sentence_encoder", model.encoder)
+    layer = (encoder.layers if kind == "E" else model.decoder.layers)[i - 1]
+    for extra in ("attn_ln", "w_resid", "c_attn"):  # NormFormer, scaled residuals: not a plain sum
+        if getattr(layer, extra, None) is not None:
+            raise HeadPruneError(f"{kind}:{i}: --repair layerwise needs a plain residual sum "
+                                 f"after each attention; this layer has {extra!r} (allowed: "
+                                 f"--repair none, bias or lstsq)")
+    if not layer.normalize_before:
+        return layer.encoder_attn_layer_norm if kind == "A" else layer.self_attn_layer_norm
+    if kind == "D" and getattr(layer, "encoder_attn", None) is not None:
+        return layer.encoder_attn_layer_norm
+    return layer.final_layer_norm
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the module being repaired has been seen."""
+
+
+def _query_rows(model, sample, kind):
+    from .importance import query_padding
+
+    return ~query_padding(model, sample)[kind]
+
+
+def residual_sums(model, batches: Sequence[dict], use_cuda: bool = False) -> List[Dict[Key, torch.Tensor]]:
+    """The layer-wise repair's targets: per batch, {module: the residual stream after its
+    sublayer at the non-padding query positions, [N, embed] float32 on the CPU}, the model
+    as it is (the full model), teacher-forced, evaluation mode."""
+    from fairseq import utils
+
+    keys = list(attention_modules(model))
+    out, seen = [], {}
+    handles = [sum_norm(model, k).register_forward_pre_hook(
+        lambda m, args, k=k: seen.__setitem__(k, args[0].detach())) for k in keys]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for sample in batches:
+                sample = utils.move_to_cuda(sample) if use_cuda else sample
+                seen.clear()
+                model(**sample["net_input"])
+                out.append({k: seen[k][_query_rows(model, sample, k[0]).to(seen[k].device)].float().cpu()
+                            for k in keys})
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return out
+
+
+def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_cuda):
+    """Over the calibration tokens, with the pruned model as it is now: the kept heads'
+    outputs Z_h = W_h c_h and the missing part R = S_full - S' (S' the pruned model's
+    residual sum after module ``key``): G = Σ Z_h·Z_g, zs = Σ Z_h, zr = Σ Z_h·R, rs = Σ R,
+    n tokens (float64, CPU)."""
+    from fairseq import utils
+
+    m = attention_modules(model)[key]
+    seen = {}
+
+    def stop(module, args):
+        seen["sum"] = args[0].detach()
+        raise _Stop
+
+    k, f64 = len(kept), torch.float64
+    G, zs, zr = torch.zeros(k, k, dtype=f64), torch.zeros(k, m.embed_dim, dtype=f64), torch.zeros(k, dtype=f64)
+    rs, n = torch.zeros(m.embed_dim, dtype=f64), 0
+    handle = sum_norm(model, key).register_forward_pre_hook(stop)
+    m.gate_heads, m.last_context = bool(kept), None
+    try:
+        with torch.no_grad():
+            for sample, target in zip(batches, targets):
+                sample = utils.move_to_cuda(sample) if use_cuda else sample
+                try:
+                    model(**sample["net_input"])
+                except _Stop:
+                    pass
+                rows = _query_rows(model, sample, key[0]).to(seen["sum"].device)
+                R = target[key].double() - seen["sum"][rows].double().cpu()
+                rs, n = rs + R.sum(0), n + R.size(0)
+                if kept:
+                    c = m.last_context.detach()[rows].double().cpu().view(-1, m.num_heads, m.head_dim)
+                    w = m.out_proj.weight.detach().double().cpu().view(-1, m.num_heads, m.head_dim)
+                    Z = torch.einsum("nhd,ehd->hne", c[:, kept], w[:, kept])
+                    G += torch.einsum("hne,gne->hg", Z, Z)
+                    zs += Z.sum(dim=1)
+                    zr += torch.einsum("hne,ne->h", Z, R)
+    finally:
+        handle.remove()
+        m.gate_heads, m.last_context, m.last_context_unmasked = False, None, None
+    return G, zs, zr, rs, n
+
+
+def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
+                          targets: List[Dict[Key, torch.Tensor]], use_cuda: bool = False,
+                          damping: float = 0.01, bounds: Tuple[float, float] = (0.0, 2.0)) -> dict:
+    """The layer-wise repair (module docstring) of ``model`` for the removal of ``heads``
+    (still present: they are masked meanwhile, and the mask the model had is restored),
+    folded into out_proj's columns and bias. ``targets`` from ``residual_sums`` on the
+    full model over the same ``batches``. Returns {"head_scales", "bias_change_norm"}
+    per repaired module."""
+    modules = attention_modules(model)
+    order = forward_order(modules)
+    first = next((i for i, key in enumerate(order) if heads.of(*key)), len(order))
+    before = masked_heads(model)
+    set_head_mask(model, HeadSet(list(before) + list(heads)))
+    was_training = model.training
+    model.eval()
+    scales, changes = {}, {}
+    try:
+        for key in order[first:]:
+            m = modules[key]
+            if m.out_proj.bias is None:
+                raise HeadPruneError(f"{key[0]}:{key[1]} has no out_proj bias to fold the missing "
+                                     f"mean into (allowed: --repair none or lstsq)")
+            gone = {h - 1 for h in heads.of(*key)} | {h - 1 for h in before.of(*key)}
+            kept = [p for p, h in enumerate(m.kept_heads) if h not in gone]
+            G, zs, zr, rs, n = _sublayer_stats(model, key, kept, batches, targets, use_cuda)
+            if n == 0:
+                continue
+            u = torch.zeros(len(kept), dtype=torch.float64)
+            if kept:  # centred: the intercept δ is solved with the scales
+                Gc, rc = G - zs @ zs.t() / n, zr - zs @ rs / n
+                lam = max(damping * float(Gc.diagonal().mean()), 1e-12)
+                u = bounded_quadratic(Gc + lam * torch.eye(len(kept), dtype=Gc.dtype), rc,
+                                      (bounds[0] - 1, bounds[1] - 1))
+                rs = rs - zs.t() @ u
+            delta = rs / n
+            d = m.head_dim
+            with torch.no_grad():
+                W = m.out_proj.weight
+                col = torch.ones(m.num_heads, dtype=torch.float64)
+                col[kept] += u
+                W.mul_(col.to(W.dtype).to(W.device).repeat_interleave(d).unsqueeze(0))
+                m.out_proj.bias.add_(delta.to(W.dtype).to(W.device))
+            name = f"{key[0]}:{key[1]}"
+            if kept:
+                scales[name] = [round(float(1 + x), 6) for x in u]
+            changes[name] = float(delta.norm())
+    finally:
+        set_head_mask(model, before)
+        model.train(was_training)
+    return {"head_scales": scales, "bias_change_norm": changes}
+
+
+# ------------------------------------------------------------ one entry point
+class Calibration:
+    """What the repairs need of the full model, gathered once from ``batches``: context
+    means (and the heads' Gram matrices for ``lstsq``), the residual sums for
+    ``layerwise``. Every repair of a copy of that model reads them."""
+
+    def __init__(self, model, batches: Iterable[dict], methods: Iterable[str], use_cuda: bool = False):
+        methods = set(methods) - {"none"}
+        self.batches = list(batches)
+        self.use_cuda = use_cuda
+        self.stats = self.targets = None
+        if methods & {"bias", "lstsq"}:
+            self.stats = calibration_stats(model, self.batches, use_cuda, gram="lstsq" in methods)
+        if "layerwise" in methods:
+            self.targets = residual_sums(model, self.batches, use_cuda)
+
+
+def repair(model, heads: HeadSet, method: str, calibration: Calibration) -> dict:
+    """Repair ``model`` (a copy of the calibrated full model, ``heads`` still present:
+    remove them next) by ``method``; returns {"bias_change_norm"[, "head_scales"]} per
+    module, for the reports."""
+    if method == "none":
+        return {}
+    if method == "layerwise":
+        return reconstruct_layerwise(model, heads, calibration.batches, calibration.targets,
+                                     calibration.use_cuda)
+    out = {}
+    if method == "lstsq":  # from the unrepaired weights, before the bias moves
+        out["head_scales"] = rescale_heads(model, heads, calibration.stats)
+    out["bias_change_norm"] = compensate_bias(model, heads, {k: v["mean"] for k, v in calibration.stats.items()})
     return out

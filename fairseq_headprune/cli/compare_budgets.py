@@ -1,6 +1,6 @@
 """``fairseq-headprune compare-budgets DATA --path CKPT --results-dir DIR
 [--budgets heads:25%,heads:50%,heads:75%] [--orders importance,fisher,weight-norm,random]
-[--repairs none,bias,lstsq] [--order-seed 1,2,3] [--importance FILE] [--ablation FILE]``
+[--repairs none,bias,lstsq,layerwise] [--order-seed 1,2,3] [--importance FILE] [--ablation FILE]``
 
 Every budget x order x repair without retraining (analysis/compare_budgets.py): the heads
 chosen, repaired on --calibration-sentences training sentences, removed, scored on
@@ -160,14 +160,14 @@ def main(argv):
             args.kinds, session.use_cuda)
         obj["latency_table"] = table
         write_json(out_json, obj)
-    stats = None
+    calibration = None
     if repairs:
-        from ..analysis.repair import calibration_stats
+        from ..analysis.repair import Calibration
 
         t0 = time.time()
         cal = session.select(session.data_spec(args.calibration_subset, args.calibration_sentences,
                                                seed=args.calibration_seed))
-        stats = calibration_stats(session.model, session.samples(cal), session.use_cuda, gram=True)
+        calibration = Calibration(session.model, session.samples(cal), repairs, session.use_cuda)
         obj["calibration_seconds"] = round(time.time() - t0, 3)
 
     def on_row(row):
@@ -179,7 +179,7 @@ def main(argv):
 
     plan = cb.Plan(args.budgets, args.orders, args.repairs, args.order_seed, args.kinds,
                    args.min_heads_per_layer, args.importance, args.ablation)
-    cb.run(session.model, plan, score, stats, table, {r["key"]: r for r in obj["rows"]}, on_row)
+    cb.run(session.model, plan, score, calibration, table, {r["key"]: r for r in obj["rows"]}, on_row)
     write_json(out_json, obj)
     paths = redraw(args.results_dir)
     print(open(out_path(args, "budgets.md")).read())

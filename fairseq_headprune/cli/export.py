@@ -1,6 +1,6 @@
 """``fairseq-headprune export DATA --path CKPT (--prune-heads SPEC | --prune-ratio R
 --importance FILE | --budget heads:N%|params:N% [--order ...]) [--kinds E,A,D]
-[--min-heads-per-layer N] [--repair none|bias|lstsq] --out NEW.pt``; ``fairseq-headprune
+[--min-heads-per-layer N] [--repair none|bias|lstsq|layerwise] --out NEW.pt``; ``fairseq-headprune
 prune`` is the same with a --budget required (heads:N%, params:N% or latency:Sx, the
 last at --beam and --batch-size, analysis/latency.py).
 
@@ -83,7 +83,10 @@ def add_repair_args(group):
                        help="repair without gradient steps: 'bias' folds each removed head's mean "
                             "output on the calibration sentences into out_proj's bias; 'lstsq' also "
                             "rescales each kept head (damped, bounded least squares) so that each "
-                            "module reconstructs its full output (default none)")
+                            "module reconstructs its full output; 'layerwise' rescales the kept heads "
+                            "and shifts the bias of every attention module from the first pruned "
+                            "one on, in order, so that the pruned model's residual stream after "
+                            "each reconstructs the full model's from its own inputs (default none)")
     group.add_argument("--calibration-subset", default="train", metavar="SPLIT",
                        help="split the calibration sentences come from (default train)")
     group.add_argument("--calibration-sentences", type=sample_size, default=2000, metavar="N",
@@ -181,26 +184,19 @@ def check_selection(args):
 
 
 def repair_heads(session, args, heads) -> dict:
-    """--repair bias|lstsq of ``heads`` on the calibration sample (analysis/repair.py),
-    before they are removed; what was done, for export.json."""
+    """--repair of ``heads`` on the calibration sample (analysis/repair.py), before they
+    are removed; what was done, for export.json."""
     import time
 
-    from ..analysis.repair import calibration_stats, compensate_bias, rescale_heads
+    from ..analysis.repair import Calibration, repair
 
     t0 = time.time()
     selection = session.select(session.data_spec(args.calibration_subset, args.calibration_sentences,
                                                   seed=args.calibration_seed))
-    stats = calibration_stats(session.model, session.samples(selection), session.use_cuda,
-                              gram=args.repair == "lstsq")
-    scales = None
-    if args.repair == "lstsq":  # from the unrepaired weights, before the bias moves
-        scales = rescale_heads(session.model, heads, stats)
-    changes = compensate_bias(session.model, heads, {k: v["mean"] for k, v in stats.items()})
-    out = {"method": args.repair, "calibration": selection.describe(),
-           "bias_change_norm": changes, "seconds": round(time.time() - t0, 3)}
-    if scales is not None:
-        out["head_scales"] = scales
-    return out
+    calibration = Calibration(session.model, session.samples(selection), [args.repair], session.use_cuda)
+    done = repair(session.model, heads, args.repair, calibration)
+    return {"method": args.repair, "calibration": selection.describe(), **done,
+            "seconds": round(time.time() - t0, 3)}
 
 
 def latency_budget(session, args, order, speedup, kinds):
@@ -336,8 +332,10 @@ def main(argv, command: str = "export"):
                      f"{m['median']:.3f}x (rounds {m['min']:.3f}-{m['max']:.3f}x); table "
                      f"{met['table']}{' (reused)' if met['table_reused'] else ''}")
     if repair is not None:
-        lines.append(f"repair ({args.repair}): removed heads' mean output folded into out_proj's "
-                     f"bias{' and kept heads rescaled' if args.repair == 'lstsq' else ''} in "
+        what = {"bias": "removed heads' mean output folded into out_proj's bias",
+                "lstsq": "removed heads' mean output folded into out_proj's bias and kept heads rescaled",
+                "layerwise": "kept heads rescaled and out_proj's bias shifted, module by module"}
+        lines.append(f"repair ({args.repair}): {what[args.repair]} in "
                      f"{len(repair['bias_change_norm'])} modules, from "
                      f"{repair['calibration']['sentences']} {args.calibration_subset} sentences "
                      f"({repair['seconds']:.1f} s)")

@@ -15,7 +15,8 @@ from . import plots
 
 FILE = "budgets.json"
 REPAIR_NAMES = {"none": "no repair", "bias": "bias compensation",
-                "lstsq": "bias + least-squares rescaling"}
+                "lstsq": "bias + least-squares rescaling",
+                "layerwise": "layer-wise reconstruction"}
 
 
 def metrics(settings: dict) -> List[str]:
