@@ -39,7 +39,7 @@ if [ "$TINY" = 1 ]; then
   CURVE_EPOCH=(--prune-curve-sentences 8 --prune-curve-beam 1 --prune-curve-step 0.5
                --prune-curve-importance-sentences 40)
   BENCH=(--batch-sizes 4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 1 --fixed-length 6)
-  LAT=(--batch-size 4 --latency-length 4 --latency-repeats 1)
+  LAT=(--latency-batch-size 4 --latency-length 4 --latency-repeats 1)
   BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
   PRUNES=("heads:50% lstsq half")  # (a tiny model's latency table is mostly noise)
   GEN_LIMIT=(--max-len-a 0 --max-len-b 10); SELECT=(--select-sentences 8)
@@ -49,7 +49,7 @@ else
   CURVE_EPOCH=(--prune-curve-sentences 200 --prune-curve-beam 5 --prune-curve-step 0.1
                --prune-curve-importance-sentences 1000)
   BENCH=(--batch-sizes 1,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
-  LAT=(--batch-size 16 --latency-repeats 3)
+  LAT=(--latency-batch-size 16 --latency-repeats 3)
   BUDGETS=(--budgets heads:25%,heads:50%,heads:75%)
   PRUNES=("heads:50% lstsq half" "latency:1.3x none latency")
   GEN_LIMIT=(--max-len-a 1.2 --max-len-b 10)  # as the epoch curves: a masked model babbles

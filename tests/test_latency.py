@@ -118,8 +118,9 @@ def test_measured_table_and_its_reuse(data_dir, trained_ckpt, tmp_path):
         assert all(a <= b for a, b in zip(fitted, fitted[1:])) and row["saving_per_module"][-1] == 0
     met = json.loads((tmp_path / "a.export.json").read_text())["selection"]["met"]
     assert not met["table_reused"] and met["predicted_speedup"] >= 1.01
-    # the same table again: reused, same heads
-    p = prune(data_dir, trained_ckpt, tmp_path / "b.pt", "--budget", "latency:1.01x", *flags)
+    # the same table again, its batch given as --latency-batch-size: reused, same heads
+    latency_flags = ["--latency-batch-size" if x == "--batch-size" else x for x in flags]
+    p = prune(data_dir, trained_ckpt, tmp_path / "b.pt", "--budget", "latency:1.01x", *latency_flags)
     assert p.returncode == 0, p.stderr
     again = json.loads((tmp_path / "b.export.json").read_text())
     assert again["selection"]["met"]["table_reused"]

@@ -5,8 +5,8 @@
 Every budget x order x repair without retraining (analysis/compare_budgets.py): the heads
 chosen, repaired on --calibration-sentences training sentences, removed, scored on
 --gen-subset (tokenized BLEU, sacreBLEU, loss); parameters left, the decoding speed-up
-predicted by a latency table measured once at --beam and --batch-size (--no-speed to
-skip), and the seconds each choice and repair took. Writes budgets.json (resumable: the
+predicted by a latency table measured once at --beam and --latency-batch-size (--no-speed
+to skip), and the seconds each choice and repair took. Writes budgets.json (resumable: the
 same command continues), budgets.csv, budgets.png and budgets.md (report/budgets.py).
 Without --importance, importance (with Fisher scores) is estimated first with the
 --importance-* options and saved as importance.json.
@@ -25,7 +25,7 @@ DEFAULT_BUDGETS = "heads:25%,heads:50%,heads:75%"
 def add_args(group):
     from ..analysis.ranking import ORDERS
     from ..analysis.repair import REPAIRS
-    from .export import add_repair_args
+    from .export import add_latency_args, add_repair_args
     from .importance import add_importance_args
 
     group.add_argument("--budgets", default=DEFAULT_BUDGETS, metavar="LIST",
@@ -49,13 +49,9 @@ def add_args(group):
                        help="ablation.json of fairseq-headprune ablate, for --orders ablation")
     group.add_argument("--no-speed", action="store_true",
                        help="skip the latency table (no predicted speed-up column)")
-    group.add_argument("--latency-length", type=positive_int, default=None, metavar="L",
-                       help="tokens per hypothesis of the latency table (default: the mean "
-                            "reference length of its sentences)")
-    group.add_argument("--latency-repeats", type=positive_int, default=3, metavar="N",
-                       help="timed rounds of the latency table (default 3)")
     group.add_argument("--overwrite", action="store_true",
                        help="start afresh even if DIR/budgets.json holds other settings")
+    add_latency_args(group)
     add_repair_args(group)
     add_eval_args(group)
     add_importance_args(group)
@@ -94,6 +90,8 @@ def check_args(args):
 
 
 def settings(args, selection, calibration) -> dict:
+    from .export import latency_batch_size
+
     return {"path": os.path.abspath(args.path), "budgets": args.budgets, "orders": args.orders,
             "repairs": args.repairs, "seeds": args.order_seed, "kinds": list(args.kinds),
             "min_heads_per_layer": args.min_heads_per_layer,
@@ -101,7 +99,7 @@ def settings(args, selection, calibration) -> dict:
             "ablation": args.ablation and os.path.abspath(args.ablation),
             "eval_data": selection.describe(), "beam": args.beam, "lenpen": args.lenpen,
             "calibration": calibration, "speed": not args.no_speed,
-            "latency": None if args.no_speed else {"batch_size": args.batch_size or 16,
+            "latency": None if args.no_speed else {"batch_size": latency_batch_size(args),
                                                    "beam": args.beam,
                                                    "length": args.latency_length}}
 
@@ -155,7 +153,7 @@ def main(argv):
 
         load_subset(session.task, session.cfg.dataset.gen_subset, session.saved_cfg.task)
         table = measure_table(session.task, session.model, session.cfg.generation, LatencySettings(
-            batch_size=args.batch_size or 16, beam=args.beam, length=args.latency_length,
+            batch_size=latency_batch_size(args), beam=args.beam, length=args.latency_length,
             repeats=args.latency_repeats, subset=session.cfg.dataset.gen_subset),
             args.kinds, session.use_cuda)
         obj["latency_table"] = table

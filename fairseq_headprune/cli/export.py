@@ -49,13 +49,9 @@ def add_args(group):
                        help="remove heads until the budget is met: heads:N%% (that share of the "
                             "heads of --kinds), params:N%% (at least that share of all "
                             "parameters) or latency:Sx (a decoding speed-up of S at --beam and "
-                            "--batch-size, predicted by a table measured on this machine), in "
-                            "--order")
-    group.add_argument("--latency-length", type=positive_int, default=None, metavar="L",
-                       help="latency budgets: tokens per hypothesis (default: the mean reference "
-                            "length of the timed sentences of --gen-subset)")
-    group.add_argument("--latency-repeats", type=positive_int, default=3, metavar="N",
-                       help="latency budgets: timed rounds of the table and of the check")
+                            "--latency-batch-size, predicted by a table measured on this "
+                            "machine), in --order")
+    add_latency_args(group)
     group.add_argument("--latency-table", default=None, metavar="FILE",
                        help="latency budgets: reuse this table if it exists (same model shape, "
                             "batch, beam, length), else measure it and save it there "
@@ -73,6 +69,24 @@ def add_args(group):
     group.add_argument("--no-verify", action="store_true",
                        help="skip reloading NEW.pt (and OUT.pt) to check them")
     add_repair_args(group)
+
+
+def add_latency_args(group):
+    from .common import positive_int
+
+    group.add_argument("--latency-batch-size", type=positive_int, default=None, metavar="B",
+                       help="sentences per batch of the latency table and of the check (default: "
+                            "--batch-size if given, else 16); BLEU is decoded in fairseq's own "
+                            "batches (--max-tokens/--batch-size), as the curves are")
+    group.add_argument("--latency-length", type=positive_int, default=None, metavar="L",
+                       help="tokens per hypothesis of the latency table (default: the mean "
+                            "reference length of the timed sentences of --gen-subset)")
+    group.add_argument("--latency-repeats", type=positive_int, default=3, metavar="N",
+                       help="timed rounds of the latency table (and of the check; default 3)")
+
+
+def latency_batch_size(args) -> int:
+    return args.latency_batch_size or args.batch_size or 16
 
 
 def add_repair_args(group):
@@ -210,7 +224,7 @@ def latency_budget(session, args, order, speedup, kinds):
     module_counts(session.model, kinds)  # refuse an uneven model before any timing
     subset = session.cfg.dataset.gen_subset
     load_subset(session.task, subset, session.saved_cfg.task)
-    settings = LatencySettings(batch_size=args.batch_size or 16, beam=args.beam,
+    settings = LatencySettings(batch_size=latency_batch_size(args), beam=args.beam,
                                length=args.latency_length, repeats=args.latency_repeats,
                                subset=subset)
     path = args.latency_table or os.path.join(args.results_dir, stem(args.out) + ".latency.json")

@@ -2,7 +2,7 @@
 --out SMALL.pt [--order importance|fisher|weight-norm|ablation|random] [--importance FILE]
 [--ablation FILE] [--kinds ...] [--min-heads-per-layer N] [--repair none|bias|lstsq|layerwise]``:
 export (cli/export.py) with the heads a budget needs, chosen in the order given
-(analysis/budget.py; latency budgets at --beam and --batch-size: analysis/latency.py)."""
+(analysis/budget.py; latency budgets at --beam and --latency-batch-size: analysis/latency.py)."""
 
 
 def main(argv):
