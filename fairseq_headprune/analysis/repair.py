@@ -241,11 +241,12 @@ def residual_sums(model, batches: Sequence[dict], use_cuda: bool = False) -> Lis
     return out
 
 
-def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_cuda):
+def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_cuda, encoder_outs=None):
     """Over the calibration tokens, with the pruned model as it is now: the kept heads'
     outputs Z_h = W_h c_h and the missing part R = S_full - S' (S' the pruned model's
     residual sum after module ``key``): G = Σ Z_h·Z_g, zs = Σ Z_h, zr = Σ Z_h·R, rs = Σ R,
-    n tokens (float64, CPU)."""
+    n tokens (float64, CPU). ``encoder_outs``: the pruned encoder's outputs per batch
+    (a decoder module's pass then runs the decoder alone)."""
     from fairseq import utils
 
     m = attention_modules(model)[key]
@@ -262,10 +263,15 @@ def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_
     m.gate_heads, m.last_context = bool(kept), None
     try:
         with torch.no_grad():
-            for sample, target in zip(batches, targets):
+            for i, (sample, target) in enumerate(zip(batches, targets)):
                 sample = utils.move_to_cuda(sample) if use_cuda else sample
+                net = sample["net_input"]
                 try:
-                    model(**sample["net_input"])
+                    if encoder_outs is None:
+                        model(**net)
+                    else:
+                        unwrap_model(model).decoder(net["prev_output_tokens"], encoder_out=encoder_outs[i],
+                                                    src_lengths=net["src_lengths"])
                 except _Stop:
                     pass
                 rows = _query_rows(model, sample, key[0]).to(seen["sum"].device)
@@ -284,6 +290,15 @@ def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_
     return G, zs, zr, rs, n
 
 
+def _encoder_outputs(model, batches, use_cuda):
+    from fairseq import utils
+
+    encoder = unwrap_model(model).encoder
+    with torch.no_grad():
+        return [encoder(s["net_input"]["src_tokens"], src_lengths=s["net_input"]["src_lengths"])
+                for s in (utils.move_to_cuda(b) if use_cuda else b for b in batches)]
+
+
 def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
                           targets: List[Dict[Key, torch.Tensor]], use_cuda: bool = False,
                           damping: float = 0.01, bounds: Tuple[float, float] = (0.0, 2.0)) -> dict:
@@ -299,16 +314,18 @@ def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
     set_head_mask(model, HeadSet(list(before) + list(heads)))
     was_training = model.training
     model.eval()
-    scales, changes = {}, {}
+    scales, changes, encoder_outs = {}, {}, None
     try:
         for key in order[first:]:
             m = modules[key]
+            if key[0] != "E" and encoder_outs is None:  # the encoder is repaired: run it once
+                encoder_outs = _encoder_outputs(model, batches, use_cuda)
             if m.out_proj.bias is None:
                 raise HeadPruneError(f"{key[0]}:{key[1]} has no out_proj bias to fold the missing "
                                      f"mean into (allowed: --repair none or lstsq)")
             gone = {h - 1 for h in heads.of(*key)} | {h - 1 for h in before.of(*key)}
             kept = [p for p, h in enumerate(m.kept_heads) if h not in gone]
-            G, zs, zr, rs, n = _sublayer_stats(model, key, kept, batches, targets, use_cuda)
+            G, zs, zr, rs, n = _sublayer_stats(model, key, kept, batches, targets, use_cuda, encoder_outs)
             if n == 0:
                 continue
             u = torch.zeros(len(kept), dtype=torch.float64)
