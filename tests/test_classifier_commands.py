@@ -106,8 +106,13 @@ def test_budgets_and_bench_on_a_classifier(analysed, classifier_ckpt, tmp_path):
     data, out = analysed
     run(["fairseq-headprune", "compare-budgets", data, "--path", classifier_ckpt, *CPU,
          "--results-dir", str(tmp_path), "--budgets", "heads:50%", "--orders", "importance",
-         "--repairs", "none", "--importance", str(out / "importance.json")])
+         "--repairs", "none,layerwise", "--calibration-sentences", "40",
+         "--importance", str(out / "importance.json")])
     obj = json.loads((tmp_path / "budgets.json").read_text())
+    # the layer-wise repair runs on an encoder-only model too: same heads, its own scores
+    fixed = obj["rows"][1]
+    assert fixed["repair"] == "layerwise" and fixed["spec"] == obj["rows"][0]["spec"]
+    assert fixed["loss"] != obj["rows"][0]["loss"]
     curve = json.loads((out / "curve.json").read_text())["curves"]["E"]
     row, half = obj["rows"][0], curve[2]
     # the removed model of the budget == the curve's masked point at 50%
