@@ -90,15 +90,15 @@ def test_least_squares_reduces_the_reconstruction_error(small, key, heads):
     stats = calibration_stats(model, batches)
     spec = HeadSet((key[0], key[1], h) for h in heads)
     errors = {}
-    for repair in ("none", "bias", "lstsq"):
+    for method in ("none", "bias", "lstsq"):
         m = copy.deepcopy(model)
-        if repair == "lstsq":
+        if method == "lstsq":
             scales = rescale_heads(m, spec, stats)
             assert set(scales) == {f"{key[0]}:{key[1]}"} and all(0 <= x <= 2 for x in scales[f"{key[0]}:{key[1]}"])
-        if repair != "none":
+        if method != "none":
             compensate_bias(m, spec, {k: v["mean"] for k, v in stats.items()})
         remove_heads(m, spec)
-        errors[repair] = module_error(m, key, batches, full)
+        errors[method] = module_error(m, key, batches, full)
     assert errors["lstsq"] <= errors["bias"] * (1 + 1e-9) and errors["bias"] < errors["none"]
 
 

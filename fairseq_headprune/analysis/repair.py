@@ -34,7 +34,7 @@ teacher-forced pass of the full model over the calibration batches, shared by ev
 repair of that model, then one pass of the pruned model per module, stopped after it.
 """
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 
@@ -322,7 +322,7 @@ def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
                 encoder_outs = _encoder_outputs(model, batches, use_cuda)
             if m.out_proj.bias is None:
                 raise HeadPruneError(f"{key[0]}:{key[1]} has no out_proj bias to fold the missing "
-                                     f"mean into (allowed: --repair none or lstsq)")
+                                     f"mean into (allowed: --repair none)")
             gone = {h - 1 for h in heads.of(*key)} | {h - 1 for h in before.of(*key)}
             kept = [p for p, h in enumerate(m.kept_heads) if h not in gone]
             G, zs, zr, rs, n = _sublayer_stats(model, key, kept, batches, targets, use_cuda, encoder_outs)

@@ -17,7 +17,8 @@ import sys
 
 from ..errors import HeadPruneError
 from .common import (add_eval_args, eval_selection, logger, nonnegative_int, open_session, out_path,
-                     parse_args, positive_int, seed_list)
+                     parse_args, seed_list)
+from .export import latency_batch_size
 
 DEFAULT_BUDGETS = "heads:25%,heads:50%,heads:75%"
 
@@ -90,7 +91,6 @@ def check_args(args):
 
 
 def settings(args, selection, calibration) -> dict:
-    from .export import latency_batch_size
 
     return {"path": os.path.abspath(args.path), "budgets": args.budgets, "orders": args.orders,
             "repairs": args.repairs, "seeds": args.order_seed, "kinds": list(args.kinds),

@@ -40,7 +40,6 @@ def add_selection_args(group):
 
 def add_args(group):
     from ..analysis.ranking import ORDERS
-    from .common import positive_int
 
     group.add_argument("--out", required=True, metavar="NEW.pt",
                        help="the checkpoint to write (its folder must exist)")
