@@ -149,7 +149,7 @@ def test_context_means_count_only_real_tokens(small):
         torch.testing.assert_close(alone[key], batched[key], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["bias", "lstsq", "layerwise"])
+@pytest.mark.parametrize("method", ["bias", "lstsq", "layerwise", "refit"])
 def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trained_ckpt, tmp_path, method):
     from helpers import batch, load
 
@@ -161,7 +161,7 @@ def test_export_with_repair_reloads_and_equals_the_repaired_model(data_dir, trai
     assert report["repair"]["calibration"]["sentences"] == 50
     # layerwise: every module from the first pruned one (E:1) on
     assert set(report["repair"]["bias_change_norm"]) == (
-        {"E:1", "A:2", "D:1"} if method != "layerwise" else set(f"{k}:{i}" for k in "EAD" for i in (1, 2)))
+        {"E:1", "A:2", "D:1"} if method in ("bias", "lstsq") else set(f"{k}:{i}" for k in "EAD" for i in (1, 2)))
     # the same repair in memory, from the same 50 sentences
     from fairseq_headprune.analysis.data import DataSpec, collate, select
 
@@ -199,7 +199,7 @@ def sums_and_head_outputs(model, batches, pre_ln):
         layer = (model.encoder.layers if kind == "E" else model.decoder.layers)[i - 1]
         ln = getattr(layer, SUM_NORMS[pre_ln][kind])
         handles.append(ln.register_forward_pre_hook(lambda m, a, k=(kind, i): seen.__setitem__(k, a[0])))
-    sums, outs = {}, {}
+    sums, outs, ctxs = {}, {}, {}
     try:
         with torch.no_grad(), gated(model) as modules:
             for sample in batches:
@@ -211,17 +211,20 @@ def sums_and_head_outputs(model, batches, pre_ln):
                     w = m.out_proj.weight.double().view(-1, m.num_heads, m.head_dim)
                     sums.setdefault(key, []).append(seen[key][keep].double())
                     outs.setdefault(key, []).append(torch.einsum("nhd,ehd->hne", c, w))
+                    ctxs.setdefault(key, []).append(c.reshape(c.size(0), -1))
     finally:
         for h in handles:
             h.remove()
-    return ({k: torch.cat(v) for k, v in sums.items()}, {k: torch.cat(v, dim=1) for k, v in outs.items()})
+    return ({k: torch.cat(v) for k, v in sums.items()}, {k: torch.cat(v, dim=1) for k, v in outs.items()},
+            {k: torch.cat(v) for k, v in ctxs.items()})
 
 
-@pytest.mark.parametrize("pre_ln", [False, True])
-def test_layerwise_leaves_a_least_squares_residual_at_every_module(data_dir, pre_ln):
+@pytest.mark.parametrize("pre_ln, refit", [(False, False), (True, False), (False, True)])
+def test_layerwise_leaves_a_least_squares_residual_at_every_module(data_dir, pre_ln, refit):
     """Undamped and unbounded, the repair is the least-squares optimum at each module
     given the repaired modules before it: the residual S' - S_full is orthogonal to every
-    kept head's output and sums to zero (the intercept). Modules before the first pruned
+    kept head's output (refit: to every coordinate of the kept heads' contexts, in every
+    output dimension) and sums to zero (the intercept). Modules before the first pruned
     one are left exactly as they were."""
     from helpers import build
 
@@ -232,23 +235,31 @@ def test_layerwise_leaves_a_least_squares_residual_at_every_module(data_dir, pre
     ds = task.dataset("valid")
     batches = [ds.collater([ds[i] for i in range(j, j + 10)]) for j in (0, 10, 20)]
     spec = HeadSet([("E", 2, 1), ("E", 2, 3), ("D", 2, 4), ("A", 2, 1), ("A", 2, 2), ("A", 2, 3), ("A", 2, 4)])
-    full_sums, _ = sums_and_head_outputs(model, batches, pre_ln)
+    full_sums = sums_and_head_outputs(model, batches, pre_ln)[0]
     repaired = copy.deepcopy(model)
     done = reconstruct_layerwise(repaired, spec, batches, residual_sums(model, batches),
-                                 damping=0.0, bounds=(-100.0, 100.0))
+                                 damping=0.0, bounds=(-100.0, 100.0), refit=refit)
     # from E:2 on, in the order they run; A:2 keeps no head: its bias alone
     assert list(done["bias_change_norm"]) == ["E:2", "D:1", "A:1", "D:2", "A:2", "D:3", "A:3"]
-    assert "A:2" not in done["head_scales"] and len(done["head_scales"]["E:2"]) == 2
+    if not refit:
+        assert "A:2" not in done["head_scales"] and len(done["head_scales"]["E:2"]) == 2
     before = dict(model.named_parameters())
     for name, p in repaired.named_parameters():
         if name.startswith("encoder.layers.0."):
             assert torch.equal(p, before[name]), name
     set_head_mask(repaired, spec)
-    sums, outs = sums_and_head_outputs(repaired, batches, pre_ln)
+    sums, outs, ctxs = sums_and_head_outputs(repaired, batches, pre_ln)
     for key in [("E", 2), ("D", 1), ("A", 1), ("D", 2), ("A", 2), ("D", 3), ("A", 3)]:
         r = sums[key] - full_sums[key]  # [N, embed]
         scale = float(full_sums[key].norm())
         assert float(r.mean(0).norm()) < 1e-6 * scale, key
+        if refit:  # [embed, H·d]: every column of a kept head's context, every output
+            kept = ctxs[key][:, ctxs[key].abs().sum(0) > 0]
+            dots = r.t() @ kept
+            bound = r.norm(dim=0).unsqueeze(1) * kept.norm(dim=0).unsqueeze(0)
+            # (float32 weights: cosines of about 1e-6 per coordinate)
+            assert bool((dots.abs() <= 1e-4 * bound + 1e-9).all()), key
+            continue
         for h in range(outs[key].size(0)):
             z = outs[key][h]
             if float(z.norm()) == 0:  # a masked head

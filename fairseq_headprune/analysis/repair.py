@@ -32,6 +32,9 @@ min over s and δ of Σ_tokens ||S' - S_full||² + λ ||s - 1||², s within ``bo
 included). Modules that lose no head are repaired too: their job is the drift. One
 teacher-forced pass of the full model over the calibration batches, shared by every
 repair of that model, then one pass of the pruned model per module, stopped after it.
+``refit`` is the same walk with more freedom: out_proj's columns of the kept heads (not
+one scale per head) and its bias re-solved by ridge regression towards the present
+weights, a closed-form least-squares fit of the kept contexts to the missing output.
 """
 
 from typing import Dict, Iterable, List, Sequence, Tuple
@@ -45,7 +48,7 @@ from .importance import gated, query_padding
 
 Key = Tuple[str, int]
 
-REPAIRS = ("none", "bias", "lstsq", "layerwise")
+REPAIRS = ("none", "bias", "lstsq", "layerwise", "refit")
 
 
 def context_means(model, batches: Iterable[dict], use_cuda: bool = False) -> Dict[Key, torch.Tensor]:
@@ -241,12 +244,15 @@ def residual_sums(model, batches: Sequence[dict], use_cuda: bool = False) -> Lis
     return out
 
 
-def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_cuda, encoder_outs=None):
+def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_cuda, encoder_outs=None,
+                    refit: bool = False):
     """Over the calibration tokens, with the pruned model as it is now: the kept heads'
     outputs Z_h = W_h c_h and the missing part R = S_full - S' (S' the pruned model's
     residual sum after module ``key``): G = Σ Z_h·Z_g, zs = Σ Z_h, zr = Σ Z_h·R, rs = Σ R,
-    n tokens (float64, CPU). ``encoder_outs``: the pruned encoder's outputs per batch
-    (a decoder module's pass then runs the decoder alone)."""
+    n tokens (float64, CPU). With ``refit`` the features are the kept heads' context
+    coordinates c (out_proj's input) instead: G = Σ c c', zs = Σ c, zr = Σ c R'.
+    ``encoder_outs``: the pruned encoder's outputs per batch (a decoder module's pass
+    then runs the decoder alone)."""
     from fairseq import utils
 
     m = attention_modules(model)[key]
@@ -256,8 +262,10 @@ def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_
         seen["sum"] = args[0].detach()
         raise _Stop
 
-    k, f64 = len(kept), torch.float64
-    G, zs, zr = torch.zeros(k, k, dtype=f64), torch.zeros(k, m.embed_dim, dtype=f64), torch.zeros(k, dtype=f64)
+    k, f64 = len(kept) * (m.head_dim if refit else 1), torch.float64
+    G = torch.zeros(k, k, dtype=f64)
+    zs = torch.zeros(k, dtype=f64) if refit else torch.zeros(k, m.embed_dim, dtype=f64)
+    zr = torch.zeros(k, m.embed_dim, dtype=f64) if refit else torch.zeros(k, dtype=f64)
     rs, n = torch.zeros(m.embed_dim, dtype=f64), 0
     handle = sum_norm(model, key).register_forward_pre_hook(stop)
     m.gate_heads, m.last_context = bool(kept), None
@@ -277,7 +285,13 @@ def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_
                 rows = _query_rows(model, sample, key[0]).to(seen["sum"].device)
                 R = target[key].double() - seen["sum"][rows].double().cpu()
                 rs, n = rs + R.sum(0), n + R.size(0)
-                if kept:
+                if kept and refit:
+                    c = m.last_context.detach()[rows].double().cpu().view(-1, m.num_heads, m.head_dim)
+                    c = c[:, kept].reshape(c.size(0), -1)
+                    G += c.t() @ c
+                    zs += c.sum(0)
+                    zr += c.t() @ R
+                elif kept:
                     c = m.last_context.detach()[rows].double().cpu().view(-1, m.num_heads, m.head_dim)
                     w = m.out_proj.weight.detach().double().cpu().view(-1, m.num_heads, m.head_dim)
                     Z = torch.einsum("nhd,ehd->hne", c[:, kept], w[:, kept])
@@ -301,12 +315,15 @@ def _encoder_outputs(model, batches, use_cuda):
 
 def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
                           targets: List[Dict[Key, torch.Tensor]], use_cuda: bool = False,
-                          damping: float = 0.01, bounds: Tuple[float, float] = (0.0, 2.0)) -> dict:
+                          damping: float = 0.01, bounds: Tuple[float, float] = (0.0, 2.0),
+                          refit: bool = False) -> dict:
     """The layer-wise repair (module docstring) of ``model`` for the removal of ``heads``
     (still present: they are masked meanwhile, and the mask the model had is restored),
     folded into out_proj's columns and bias. ``targets`` from ``residual_sums`` on the
-    full model over the same ``batches``. Returns {"head_scales", "bias_change_norm"}
-    per repaired module."""
+    full model over the same ``batches``. With ``refit``, out_proj's kept columns are
+    solved whole instead of one scale per head (ridge regression towards the present
+    weights, λ = ``damping`` × the mean variance of a context coordinate). Returns
+    {"head_scales" (not with refit), "bias_change_norm"} per repaired module."""
     modules = attention_modules(model)
     order = forward_order(modules)
     first = next((i for i, key in enumerate(order) if heads.of(*key)), len(order))
@@ -325,8 +342,13 @@ def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
                                      f"mean into (allowed: --repair none)")
             gone = {h - 1 for h in heads.of(*key)} | {h - 1 for h in before.of(*key)}
             kept = [p for p, h in enumerate(m.kept_heads) if h not in gone]
-            G, zs, zr, rs, n = _sublayer_stats(model, key, kept, batches, targets, use_cuda, encoder_outs)
+            G, zs, zr, rs, n = _sublayer_stats(model, key, kept, batches, targets, use_cuda, encoder_outs,
+                                               refit)
             if n == 0:
+                continue
+            name = f"{key[0]}:{key[1]}"
+            if refit:
+                changes[name] = _refit_out_proj(m, kept, G, zs, zr, rs, n, damping)
                 continue
             u = torch.zeros(len(kept), dtype=torch.float64)
             if kept:  # centred: the intercept δ is solved with the scales
@@ -343,7 +365,6 @@ def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
                 col[kept] += u
                 W.mul_(col.to(W.dtype).to(W.device).repeat_interleave(d).unsqueeze(0))
                 m.out_proj.bias.add_(delta.to(W.dtype).to(W.device))
-            name = f"{key[0]}:{key[1]}"
             if kept:
                 scales[name] = [round(float(1 + x), 6) for x in u]
             changes[name] = float(delta.norm())
@@ -351,6 +372,31 @@ def reconstruct_layerwise(model, heads: HeadSet, batches: Sequence[dict],
         set_head_mask(model, before)
         model.train(was_training)
     return {"head_scales": scales, "bias_change_norm": changes}
+
+
+def _refit_out_proj(m, kept, G, cs, cR, rs, n, damping) -> float:
+    """out_proj's columns of the ``kept`` heads and its bias re-solved so that the
+    sublayer's output hits T = R + its present output (the full model's residual sum
+    less the pruned model's input), from the context statistics of ``_sublayer_stats``
+    (refit); returns the norm of the bias change."""
+    d = m.head_dim
+    cols = torch.tensor([p * d + i for p in kept for i in range(d)], dtype=torch.long)
+    W = m.out_proj.weight.detach().double().cpu()
+    b = m.out_proj.bias.detach().double().cpu()
+    Wk = W[:, cols]  # [E, k·d]
+    ts = rs + Wk @ cs + n * b  # Σ T
+    new_b = ts / n
+    if kept:
+        cT = cR + G @ Wk.t() + torch.outer(cs, b)  # Σ c T'
+        Gc, cTc = G - torch.outer(cs, cs) / n, cT - torch.outer(cs, ts) / n
+        lam = max(damping * float(Gc.diagonal().mean()), 1e-12)
+        Wn = torch.linalg.solve(Gc + lam * torch.eye(len(cols), dtype=Gc.dtype), cTc + lam * Wk.t()).t()
+        new_b = (ts - Wn @ cs) / n
+        with torch.no_grad():
+            m.out_proj.weight[:, cols.to(m.out_proj.weight.device)] = Wn.to(m.out_proj.weight)
+    with torch.no_grad():
+        m.out_proj.bias.copy_(new_b.to(m.out_proj.bias))
+    return float((new_b - b).norm())
 
 
 # ------------------------------------------------------------ one entry point
@@ -366,7 +412,7 @@ class Calibration:
         self.stats = self.targets = None
         if methods & {"bias", "lstsq"}:
             self.stats = calibration_stats(model, self.batches, use_cuda, gram="lstsq" in methods)
-        if "layerwise" in methods:
+        if methods & {"layerwise", "refit"}:
             self.targets = residual_sums(model, self.batches, use_cuda)
 
 
@@ -376,9 +422,9 @@ def repair(model, heads: HeadSet, method: str, calibration: Calibration) -> dict
     module, for the reports."""
     if method == "none":
         return {}
-    if method == "layerwise":
+    if method in ("layerwise", "refit"):
         return reconstruct_layerwise(model, heads, calibration.batches, calibration.targets,
-                                     calibration.use_cuda)
+                                     calibration.use_cuda, refit=method == "refit")
     out = {}
     if method == "lstsq":  # from the unrepaired weights, before the bias moves
         out["head_scales"] = rescale_heads(model, heads, calibration.stats)

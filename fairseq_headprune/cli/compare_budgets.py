@@ -1,6 +1,6 @@
 """``fairseq-headprune compare-budgets DATA --path CKPT --results-dir DIR
 [--budgets heads:25%,heads:50%,heads:75%] [--orders importance,fisher,weight-norm,random]
-[--repairs none,bias,lstsq,layerwise] [--order-seed 1,2,3] [--importance FILE] [--ablation FILE]``
+[--repairs none,bias,lstsq,layerwise,refit] [--order-seed 1,2,3] [--importance FILE] [--ablation FILE]``
 
 Every budget x order x repair without retraining (analysis/compare_budgets.py): the heads
 chosen, repaired on --calibration-sentences training sentences, removed, scored on

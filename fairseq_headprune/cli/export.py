@@ -1,6 +1,6 @@
 """``fairseq-headprune export DATA --path CKPT (--prune-heads SPEC | --prune-ratio R
 --importance FILE | --budget heads:N%|params:N% [--order ...]) [--kinds E,A,D]
-[--min-heads-per-layer N] [--repair none|bias|lstsq|layerwise] --out NEW.pt``; ``fairseq-headprune
+[--min-heads-per-layer N] [--repair none|bias|lstsq|layerwise|refit] --out NEW.pt``; ``fairseq-headprune
 prune`` is the same with a --budget required (heads:N%, params:N% or latency:Sx, the
 last at --beam and --batch-size, analysis/latency.py).
 
@@ -99,7 +99,9 @@ def add_repair_args(group):
                             "module reconstructs its full output; 'layerwise' rescales the kept heads "
                             "and shifts the bias of every attention module from the first pruned "
                             "one on, in order, so that the pruned model's residual stream after "
-                            "each reconstructs the full model's from its own inputs (default none)")
+                            "each reconstructs the full model's from its own inputs; 'refit' does the "
+                            "same walk re-solving out_proj's kept columns and bias by ridge "
+                            "regression (default none)")
     group.add_argument("--calibration-subset", default="train", metavar="SPLIT",
                        help="split the calibration sentences come from (default train)")
     group.add_argument("--calibration-sentences", type=sample_size, default=2000, metavar="N",
@@ -347,7 +349,8 @@ def main(argv, command: str = "export"):
     if repair is not None:
         what = {"bias": "removed heads' mean output folded into out_proj's bias",
                 "lstsq": "removed heads' mean output folded into out_proj's bias and kept heads rescaled",
-                "layerwise": "kept heads rescaled and out_proj's bias shifted, module by module"}
+                "layerwise": "kept heads rescaled and out_proj's bias shifted, module by module",
+                "refit": "out_proj's kept columns and bias re-solved, module by module"}
         lines.append(f"repair ({args.repair}): {what[args.repair]} in "
                      f"{len(repair['bias_change_norm'])} modules, from "
                      f"{repair['calibration']['sentences']} {args.calibration_subset} sentences "

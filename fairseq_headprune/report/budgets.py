@@ -16,7 +16,8 @@ from . import plots
 FILE = "budgets.json"
 REPAIR_NAMES = {"none": "no repair", "bias": "bias compensation",
                 "lstsq": "bias + least-squares rescaling",
-                "layerwise": "layer-wise reconstruction"}
+                "layerwise": "layer-wise reconstruction",
+                "refit": "layer-wise refit of out_proj"}
 
 
 def metrics(settings: dict) -> List[str]:
