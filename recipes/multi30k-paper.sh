@@ -40,8 +40,8 @@ if [ "$TINY" = 1 ]; then
                --prune-curve-importance-sentences 40)
   BENCH=(--batch-sizes 4 --beams 1 --bench-sentences 8 --repeats 1 --warmup 1 --fixed-length 6)
   LAT=(--latency-batch-size 4 --latency-length 4 --latency-repeats 1)
-  BUDGETS=(--budgets heads:50% --repairs none,lstsq --order-seed 1,2)
-  PRUNES=("heads:50% lstsq half")  # (a tiny model's latency table is mostly noise)
+  BUDGETS=(--budgets heads:50% --repairs none,refit --order-seed 1,2)
+  PRUNES=("heads:50% refit half")  # (a tiny model's latency table is mostly noise)
   GEN_LIMIT=(--max-len-a 0 --max-len-b 10); SELECT=(--select-sentences 8)
 else
   OUT=${OUT:-runs/multi30k-paper}; MAX_TRAIN=0; MERGES=8000; MAX_TEST=0
@@ -51,7 +51,7 @@ else
   BENCH=(--batch-sizes 1,16,64 --beams 1,5 --bench-sentences 64 --repeats 3 --fixed-length 20)
   LAT=(--latency-batch-size 16 --latency-repeats 3)
   BUDGETS=(--budgets heads:25%,heads:50%,heads:75%)
-  PRUNES=("heads:50% lstsq half" "latency:1.3x none latency")
+  PRUNES=("heads:50% refit half" "latency:1.3x none latency")
   GEN_LIMIT=(--max-len-a 1.2 --max-len-b 10)  # as the epoch curves: a masked model babbles
   SELECT=(--select-sentences 200)
 fi
@@ -115,7 +115,7 @@ step "8/10 budgets without retraining: 25/50/75% of heads x orders (ablation ord
   --calibration-sentences "$CAL" "${LAT[@]}" "${BUDGETS[@]}" \
   --orders importance,fisher,weight-norm,ablation,random --ablation "$RES/ablation.json" > /dev/null
 # a user's two budget questions, timed end to end (the prune command as a user runs it):
-# half the heads repaired by least squares, and a decoding speed-up at beam 5, batch 16
+# half the heads repaired by the layer-wise refit, and a decoding speed-up at beam 5, batch 16
 for b in "${PRUNES[@]}"; do
   read -r budget repair name <<< "$b"
   [ -f "$RES/prune-$name.time.json" ] && continue  # (written last: the run is complete)
