@@ -6,8 +6,8 @@ predicts, and the seconds that choosing and repairing took.
 
 What the repairs need of the full model (analysis/repair.py's Calibration) is gathered
 once and shared by every row (each row's repair starts from a fresh copy of the full
-model); so is the latency table. Rows are computed one at a time and handed to ``on_row`` (the caller saves
-them: an interrupted comparison resumes)."""
+model); so is the latency table. Rows are computed one at a time and handed to
+``on_row`` (the caller saves them: an interrupted comparison resumes)."""
 
 import logging
 import time

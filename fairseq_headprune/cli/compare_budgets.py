@@ -91,7 +91,6 @@ def check_args(args):
 
 
 def settings(args, selection, calibration) -> dict:
-
     return {"path": os.path.abspath(args.path), "budgets": args.budgets, "orders": args.orders,
             "repairs": args.repairs, "seeds": args.order_seed, "kinds": list(args.kinds),
             "min_heads_per_layer": args.min_heads_per_layer,
