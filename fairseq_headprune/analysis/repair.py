@@ -223,10 +223,16 @@ def residual_sums(model, batches: Sequence[dict], use_cuda: bool = False) -> Lis
     as it is (the full model), teacher-forced, evaluation mode."""
     from fairseq import utils
 
-    keys = list(attention_modules(model))
+    keys = forward_order(attention_modules(model))
     out, seen = [], {}
+
+    def record(module, args, k):
+        seen[k] = args[0].detach()
+        if k == keys[-1]:  # the rest of the pass (the output layer) is not needed
+            raise _Stop
+
     handles = [sum_norm(model, k).register_forward_pre_hook(
-        lambda m, args, k=k: seen.__setitem__(k, args[0].detach())) for k in keys]
+        lambda m, args, k=k: record(m, args, k)) for k in keys]
     was_training = model.training
     model.eval()
     try:
@@ -234,7 +240,10 @@ def residual_sums(model, batches: Sequence[dict], use_cuda: bool = False) -> Lis
             for sample in batches:
                 sample = utils.move_to_cuda(sample) if use_cuda else sample
                 seen.clear()
-                model(**sample["net_input"])
+                try:
+                    model(**sample["net_input"])
+                except _Stop:
+                    pass
                 out.append({k: seen[k][_query_rows(model, sample, k[0]).to(seen[k].device)].float().cpu()
                             for k in keys})
     finally:
@@ -269,6 +278,7 @@ def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_
     rs, n = torch.zeros(m.embed_dim, dtype=f64), 0
     handle = sum_norm(model, key).register_forward_pre_hook(stop)
     m.gate_heads, m.last_context = bool(kept), None
+    w = m.out_proj.weight.detach().double().cpu().view(-1, m.num_heads, m.head_dim)[:, kept]  # [E, K, d]
     try:
         with torch.no_grad():
             for i, (sample, target) in enumerate(zip(batches, targets)):
@@ -285,16 +295,16 @@ def _sublayer_stats(model, key: Key, kept: Sequence[int], batches, targets, use_
                 rows = _query_rows(model, sample, key[0]).to(seen["sum"].device)
                 R = target[key].double() - seen["sum"][rows].double().cpu()
                 rs, n = rs + R.sum(0), n + R.size(0)
-                if kept and refit:
-                    c = m.last_context.detach()[rows].double().cpu().view(-1, m.num_heads, m.head_dim)
-                    c = c[:, kept].reshape(c.size(0), -1)
+                if not kept:
+                    continue
+                c = m.last_context.detach()[rows].double().cpu().view(-1, m.num_heads, m.head_dim)[:, kept]
+                if refit:
+                    c = c.reshape(c.size(0), -1)
                     G += c.t() @ c
                     zs += c.sum(0)
                     zr += c.t() @ R
-                elif kept:
-                    c = m.last_context.detach()[rows].double().cpu().view(-1, m.num_heads, m.head_dim)
-                    w = m.out_proj.weight.detach().double().cpu().view(-1, m.num_heads, m.head_dim)
-                    Z = torch.einsum("nhd,ehd->hne", c[:, kept], w[:, kept])
+                else:
+                    Z = torch.einsum("nhd,ehd->hne", c, w)
                     G += torch.einsum("hne,gne->hg", Z, Z)
                     zs += Z.sum(dim=1)
                     zr += torch.einsum("hne,ne->h", Z, R)

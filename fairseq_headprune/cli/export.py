@@ -2,7 +2,7 @@
 --importance FILE | --budget heads:N%|params:N% [--order ...]) [--kinds E,A,D]
 [--min-heads-per-layer N] [--repair none|bias|lstsq|layerwise|refit] --out NEW.pt``; ``fairseq-headprune
 prune`` is the same with a --budget required (heads:N%, params:N% or latency:Sx, the
-last at --beam and --batch-size, analysis/latency.py).
+last at --beam and --latency-batch-size, analysis/latency.py).
 
 Writes NEW.pt with the heads physically removed (any number per layer, zero included)
 and recorded in its config, so that ``fairseq-generate DATA --user-dir
