@@ -50,6 +50,19 @@ def test_rows_are_the_models_prune_writes(data_dir, trained_ckpt, compared, tmp_
     assert "| heads:50% | random (mean of 2 seeds) | 12 |" in md
 
 
+def test_latency_batch_leaves_the_decoding_batches_alone(data_dir, trained_ckpt, compared, tmp_path):
+    """A latency table at its own batch (--latency-batch-size) leaves BLEU decoded in
+    fairseq's batches: the same rows as without a table (--batch-size would set both)."""
+    _, obj = compared
+    flags = [f for f in FLAGS if f != "--no-speed"]
+    run(["fairseq-headprune", "compare-budgets", data_dir, "--path", trained_ckpt,
+         "--results-dir", str(tmp_path), *flags, "--latency-batch-size", "2", "--latency-length", "3",
+         "--latency-repeats", "1"])
+    timed = json.loads((tmp_path / "budgets.json").read_text())
+    assert timed["settings"]["latency"]["batch_size"] == 2 and timed["latency_table"]["sentences"] == 2
+    assert {r["key"]: r["bleu"] for r in timed["rows"]} == {r["key"]: r["bleu"] for r in obj["rows"]}
+
+
 def test_resume_and_redraw(data_dir, trained_ckpt, compared):
     out, obj = compared
     partial = dict(obj, rows=obj["rows"][:2])
